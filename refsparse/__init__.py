@@ -1,0 +1,8 @@
+"""refsparse: a sparse Transformer written by hand in NumPy, SciPy and Numba.
+
+Every forward and backward pass is a plain function in :mod:`refsparse.functional`;
+modules in :mod:`refsparse.nn` own parameters and call them; :mod:`refsparse.models`
+assembles whole models. See docs/ for the math and conventions.
+"""
+
+__version__ = "0.1.0"

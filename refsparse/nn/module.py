@@ -1,0 +1,201 @@
+"""Parameter and Module: the bookkeeping around the functional forward/backward pairs.
+
+A :class:`Module` owns :class:`Parameter` objects and child modules, both found by
+attribute assignment (as in PyTorch), so ``parameters()`` yields stable dotted names
+such as ``blocks.0.attn.q_proj.weight``. Those names are also the keys of
+``state_dict()`` and of checkpoints.
+
+The contract every module keeps:
+
+- ``forward(*inputs)`` computes the output and keeps the functional caches on the
+  module for the next ``backward``;
+- ``backward(dout)`` returns the gradient of the inputs and *accumulates* (``+=``)
+  into each parameter's ``.grad``, so a parameter used twice is right for free.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class Parameter:
+    """A trainable tensor and its gradient.
+
+    ``value`` is an ndarray for a dense parameter, or a ``scipy.sparse.csr_array``
+    (canonical: sorted indices, no duplicates) for a sparse weight. ``grad`` is
+    always an ndarray shaped like :attr:`values`: for a sparse weight it is aligned
+    with ``value.data``, one number per stored entry.
+
+    Optimizers and pruners work on :attr:`values`, the flat writable array of
+    trainable numbers, so one optimizer serves dense and sparse parameters alike.
+    """
+
+    __slots__ = ("value", "grad")
+
+    def __init__(self, value):
+        if sp.issparse(value):
+            if value.format != "csr":
+                raise TypeError(f"value: expected a CSR sparse array, got format {value.format!r}")
+            value = sp.csr_array(value)
+            value.sort_indices()
+        elif not isinstance(value, np.ndarray):
+            raise TypeError(f"value: expected a numpy.ndarray or a CSR array, got {type(value).__name__}")
+        if value.dtype not in (np.float32, np.float64):
+            raise TypeError(f"value: expected dtype float32 or float64, got {value.dtype}")
+        self.value = value
+        self.grad = np.zeros_like(self.values)
+
+    @property
+    def is_sparse(self) -> bool:
+        return sp.issparse(self.value)
+
+    @property
+    def values(self) -> np.ndarray:
+        """The trainable numbers: the ndarray itself, or the CSR array's ``.data``."""
+        return self.value.data if sp.issparse(self.value) else self.value
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    def zero_grad(self):
+        self.grad = np.zeros_like(self.values)
+
+    def __repr__(self):
+        kind = "sparse" if self.is_sparse else "dense"
+        return f"Parameter({kind}, shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class of every layer: parameters, children, train/eval, state_dict."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError("call Module.__init__() before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    # -- the contract ---------------------------------------------------------------
+    def forward(self, *inputs):
+        raise NotImplementedError
+
+    def backward(self, dout):
+        raise NotImplementedError
+
+    def __call__(self, *inputs, **kwargs):
+        return self.forward(*inputs, **kwargs)
+
+    # -- traversal ------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        """Yield ``(dotted_name, module)`` for this module and all below it."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self):
+        """Yield ``(dotted_name, Parameter)`` pairs in a stable order."""
+        for mod_name, mod in self.named_modules():
+            for name, p in mod._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def num_parameters(self) -> int:
+        """The number of trainable numbers (stored entries for sparse weights)."""
+        return int(sum(p.values.size for _, p in self.parameters()))
+
+    def zero_grad(self):
+        for _, p in self.parameters():
+            p.zero_grad()
+
+    def train(self, mode: bool = True):
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    @property
+    def dtype(self):
+        for _, p in self.parameters():
+            return p.dtype
+        return None
+
+    # -- state ----------------------------------------------------------------------
+    def state_dict(self):
+        """Copies of every parameter's value, keyed by dotted name."""
+        return OrderedDict((name, p.value.copy()) for name, p in self.parameters())
+
+    def load_state_dict(self, state, strict: bool = True):
+        """Copy values into the parameters in place (their identity is kept).
+
+        Raises ValueError for missing or unexpected keys (when ``strict``) and for
+        shape mismatches; TypeError for dtype mismatches.
+        """
+        params = dict(self.parameters())
+        missing = [k for k in params if k not in state]
+        unexpected = [k for k in state if k not in params]
+        if strict and (missing or unexpected):
+            raise ValueError(
+                f"state: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        for name, p in params.items():
+            if name not in state:
+                continue
+            new = state[name]
+            if tuple(new.shape) != tuple(p.shape):
+                raise ValueError(f"state[{name!r}]: expected shape {p.shape}, got {tuple(new.shape)}")
+            if new.dtype != p.dtype:
+                raise TypeError(f"state[{name!r}]: expected dtype {p.dtype}, got {new.dtype}")
+            if sp.issparse(new) or p.is_sparse:
+                new = sp.csr_array(new, copy=True)
+                new.sort_indices()
+                p.value = new
+                p.grad = np.zeros_like(p.values)
+            else:
+                p.value[...] = new
+        return self
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are named ``0.``, ``1.``, …"""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        self._list = []
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"module: expected a Module, got {type(module).__name__}")
+        setattr(self, str(len(self._list)), module)
+        self._list.append(module)
+
+    def __getitem__(self, i):
+        return self._list[i]
+
+    def __len__(self):
+        return len(self._list)
+
+    def __iter__(self):
+        return iter(self._list)
