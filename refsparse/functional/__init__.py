@@ -1,0 +1,91 @@
+"""Pure forward/backward pairs: the math of refsparse.
+
+Every op is two plain functions, ``y, cache = <op>_forward(...)`` and
+``grads = <op>_backward(dy, cache)``; the cache is a small NamedTuple holding exactly
+what the backward pass needs. float32 in → float32 out, float64 in → float64 out.
+Derivations: docs/backprop.md.
+"""
+
+from .activations import (
+    GeluCache,
+    ReluCache,
+    gelu_backward,
+    gelu_forward,
+    relu_backward,
+    relu_forward,
+)
+from .attention import (
+    AttentionCache,
+    attention_backward,
+    attention_forward,
+    causal_mask,
+    merge_heads_backward,
+    merge_heads_forward,
+    split_heads_backward,
+    split_heads_forward,
+)
+from .dropout import DropoutCache, dropout_backward, dropout_forward
+from .embedding import (
+    EmbeddingCache,
+    PositionalCache,
+    embedding_backward,
+    embedding_forward,
+    positional_backward,
+    positional_forward,
+    sinusoidal_encoding,
+)
+from .layernorm import LayerNormCache, layernorm_backward, layernorm_forward
+from .linear import LinearCache, linear_backward, linear_forward
+from .loss import CrossEntropyCache, cross_entropy_backward, cross_entropy_forward
+from .residual import residual_backward, residual_forward
+from .softmax import SoftmaxCache, softmax_backward, softmax_forward
+
+__all__ = [
+    # linear
+    "LinearCache",
+    "linear_forward",
+    "linear_backward",
+    # embedding
+    "EmbeddingCache",
+    "PositionalCache",
+    "embedding_forward",
+    "embedding_backward",
+    "sinusoidal_encoding",
+    "positional_forward",
+    "positional_backward",
+    # layernorm
+    "LayerNormCache",
+    "layernorm_forward",
+    "layernorm_backward",
+    # activations
+    "ReluCache",
+    "GeluCache",
+    "relu_forward",
+    "relu_backward",
+    "gelu_forward",
+    "gelu_backward",
+    # dropout
+    "DropoutCache",
+    "dropout_forward",
+    "dropout_backward",
+    # softmax
+    "SoftmaxCache",
+    "softmax_forward",
+    "softmax_backward",
+    # attention
+    "AttentionCache",
+    "causal_mask",
+    "attention_forward",
+    "attention_backward",
+    "split_heads_forward",
+    "split_heads_backward",
+    "merge_heads_forward",
+    "merge_heads_backward",
+    # loss
+    "CrossEntropyCache",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    # residual
+    "residual_forward",
+    "residual_backward",
+]

@@ -1,0 +1,1 @@
+"""Optional bridges to other libraries. Each imports its library lazily."""

@@ -1,0 +1,315 @@
+"""Whole models: the encoder-decoder Transformer and the decoder-only language model.
+
+Both are assembled from :mod:`refsparse.nn` modules and follow the module contract:
+``forward(...) -> logits`` keeps every cache, ``backward(dlogits)`` walks the layers in
+reverse and accumulates every parameter's ``.grad``. ``forward_backward`` does one whole
+step: forward, cross-entropy, and backward, and returns the loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from . import functional as F
+from ._checks import check_dtype_name, check_int
+from .nn import (
+    DecoderLayer,
+    Dropout,
+    Embedding,
+    EncoderLayer,
+    LayerNorm,
+    LearnedPositionalEmbedding,
+    Linear,
+    Module,
+    ModuleList,
+    SinusoidalPositionalEncoding,
+)
+from .nn.layers import _default_rng
+
+__all__ = ["TransformerConfig", "Transformer", "DecoderLMConfig", "DecoderLM"]
+
+
+def _check_config(cfg):
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"{f.name}: expected a positive integer, got {v!r}")
+    if cfg.d_model % cfg.n_heads:
+        raise ValueError(f"n_heads: expected a divisor of d_model={cfg.d_model}, got {cfg.n_heads}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout: expected a probability in [0, 1), got {cfg.dropout!r}")
+    if cfg.activation not in ("relu", "gelu", "gelu_tanh"):
+        raise ValueError(f"activation: expected 'relu', 'gelu' or 'gelu_tanh', got {cfg.activation!r}")
+    if cfg.positional not in ("sinusoidal", "learned"):
+        raise ValueError(f"positional: expected 'sinusoidal' or 'learned', got {cfg.positional!r}")
+    check_dtype_name("dtype", cfg.dtype)
+
+
+def _config_from_dict(cls, d):
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"config: unknown keys {unknown} for {cls.__name__}; known: {sorted(names)}")
+    return cls(**d)
+
+
+def _positional(kind, max_len, d_model, rng, dtype):
+    if kind == "sinusoidal":
+        return SinusoidalPositionalEncoding(max_len, d_model, dtype=dtype)
+    return LearnedPositionalEmbedding(max_len, d_model, rng=rng, dtype=dtype)
+
+
+class _OutputHead(Module):
+    """logits = h @ W.T (+ b); W is the head's own weight, or the tied embedding's."""
+
+    def __init__(self, d_model, vocab_size, tied_to=None, *, rng, dtype):
+        super().__init__()
+        # kept out of the module tree, so the tied weight is listed once, under the embedding
+        object.__setattr__(self, "_tied", tied_to)
+        if tied_to is None:
+            self.proj = Linear(d_model, vocab_size, bias=False, rng=rng, dtype=dtype)
+        self._cache = None
+
+    def forward(self, h):
+        if self._tied is None:
+            return self.proj.forward(h)
+        logits, self._cache = F.linear_forward(h, self._tied.weight.value)
+        return logits
+
+    def backward(self, dlogits):
+        if self._tied is None:
+            return self.proj.backward(dlogits)
+        dh, dw, _ = F.linear_backward(dlogits, self._cache)
+        self._tied.weight.grad += dw  # the embedding's gradient gets both uses, by +=
+        return dh
+
+
+# --------------------------------------------------------------------------------------
+# Encoder-decoder
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TransformerConfig:
+    """The encoder-decoder Transformer; defaults are the base model of Vaswani et al. (2017)."""
+
+    src_vocab_size: int = 32  # source vocabulary (ids 0 .. src_vocab_size-1)
+    tgt_vocab_size: int = 32  # target vocabulary
+    d_model: int = 512  # width of every residual stream
+    n_heads: int = 8  # attention heads; must divide d_model
+    n_encoder_layers: int = 6  # N in the paper
+    n_decoder_layers: int = 6
+    d_ff: int = 2048  # inner width of the feed-forward block
+    dropout: float = 0.1  # P_drop: on embeddings+positions, attention weights, sub-layer outputs
+    activation: str = "relu"  # "relu" (the paper), "gelu" (erf) or "gelu_tanh"
+    norm_first: bool = False  # False: post-LN as in the paper; True: pre-LN
+    max_len: int = 512  # longest source or target sequence
+    positional: str = "sinusoidal"  # "sinusoidal" (§3.5) or "learned"
+    tie_embeddings: bool = False  # share the target embedding with the output projection (§3.4)
+    pad_id: int | None = None  # if set, ids equal to it are masked as keys and ignored by the loss
+    layer_norm_eps: float = 1e-5
+    dtype: str = "float64"  # "float64" (reference) or "float32"
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return _config_from_dict(cls, d)
+
+
+class Transformer(Module):
+    """Encoder-decoder Transformer (Vaswani et al. 2017, Figure 1).
+
+    ``forward(src, tgt)`` with src (B, S) and tgt (B, T) integer ids returns logits
+    (B, T, tgt_vocab_size): position t predicts the target token after tgt[:, t]
+    (the decoder's self-attention is causal).
+
+    Embeddings are multiplied by √d_model (§3.4); the encoder and the decoder each end
+    with a LayerNorm, as ``torch.nn.Transformer`` does, in both norm placements.
+    """
+
+    def __init__(self, config: TransformerConfig, *, rng=None):
+        super().__init__()
+        _check_config(config)
+        rng = _default_rng(rng)
+        c = config
+        dtype = check_dtype_name("dtype", c.dtype)
+        self.config = c
+        self.rng = rng
+        self.embed_scale = math.sqrt(c.d_model)
+        # embeddings drawn with std d^-1/2, so that √d · embedding has unit scale
+        std = c.d_model ** -0.5
+        self.src_embed = Embedding(c.src_vocab_size, c.d_model, std=std, rng=rng, dtype=dtype)
+        self.tgt_embed = Embedding(c.tgt_vocab_size, c.d_model, std=std, rng=rng, dtype=dtype)
+        self.src_pos = _positional(c.positional, c.max_len, c.d_model, rng, dtype)
+        self.tgt_pos = _positional(c.positional, c.max_len, c.d_model, rng, dtype)
+        self.src_dropout = Dropout(c.dropout, rng=rng)
+        self.tgt_dropout = Dropout(c.dropout, rng=rng)
+        layer_args = (c.d_model, c.n_heads, c.d_ff, c.dropout, c.activation, c.norm_first,
+                      c.layer_norm_eps)
+        self.encoder = ModuleList(
+            EncoderLayer(*layer_args, rng=rng, dtype=dtype) for _ in range(c.n_encoder_layers)
+        )
+        self.encoder_norm = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype)
+        self.decoder = ModuleList(
+            DecoderLayer(*layer_args, rng=rng, dtype=dtype) for _ in range(c.n_decoder_layers)
+        )
+        self.decoder_norm = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype)
+        self.head = _OutputHead(c.d_model, c.tgt_vocab_size,
+                                self.tgt_embed if c.tie_embeddings else None, rng=rng, dtype=dtype)
+        self._masks = None
+
+    def _padding(self, ids, given):
+        if given is not None or self.config.pad_id is None:
+            return given
+        return ids == self.config.pad_id  # (B, T) True = padding
+
+    def encode(self, src, src_key_padding_mask=None):
+        """src (B, S) ids -> memory (B, S, C)."""
+        check_int("src", src, ndim=2, low=0, high=self.config.src_vocab_size)
+        kpm = self._padding(src, src_key_padding_mask)
+        x = self.src_embed.forward(src) * self.embed_scale  # (B, S, C)
+        x = self.src_dropout.forward(self.src_pos.forward(x))
+        for layer in self.encoder:
+            x = layer.forward(x, key_padding_mask=kpm)
+        return self.encoder_norm.forward(x)
+
+    def decode(self, tgt, memory, src_key_padding_mask=None, tgt_key_padding_mask=None):
+        """tgt (B, T) ids and memory (B, S, C) -> logits (B, T, V)."""
+        check_int("tgt", tgt, ndim=2, low=0, high=self.config.tgt_vocab_size)
+        kpm = self._padding(tgt, tgt_key_padding_mask)
+        y = self.tgt_embed.forward(tgt) * self.embed_scale  # (B, T, C)
+        y = self.tgt_dropout.forward(self.tgt_pos.forward(y))
+        for layer in self.decoder:
+            y = layer.forward(y, memory, causal=True, tgt_key_padding_mask=kpm,
+                              memory_key_padding_mask=src_key_padding_mask)
+        return self.head.forward(self.decoder_norm.forward(y))
+
+    def forward(self, src, tgt, src_key_padding_mask=None, tgt_key_padding_mask=None):
+        src_kpm = self._padding(src, src_key_padding_mask)
+        memory = self.encode(src, src_kpm)
+        return self.decode(tgt, memory, src_kpm, tgt_key_padding_mask)
+
+    def backward(self, dlogits):
+        """Accumulate every parameter's gradient; the ids have none, so returns None."""
+        dy = self.decoder_norm.backward(self.head.backward(dlogits))
+        dmemory = 0
+        for layer in reversed(self.decoder):
+            dy, dm = layer.backward(dy)
+            dmemory = dmemory + dm  # the memory feeds every decoder layer
+        dy = self.tgt_pos.backward(self.tgt_dropout.backward(dy))
+        self.tgt_embed.backward(dy * self.embed_scale)
+        dx = self.encoder_norm.backward(dmemory)
+        for layer in reversed(self.encoder):
+            dx = layer.backward(dx)
+        dx = self.src_pos.backward(self.src_dropout.backward(dx))
+        self.src_embed.backward(dx * self.embed_scale)
+        return None
+
+    def forward_backward(self, src, tgt_in, tgt_out, *, ignore_index=None, label_smoothing=0.0,
+                         src_key_padding_mask=None, tgt_key_padding_mask=None):
+        """One step's worth of work: logits, mean cross-entropy, and the backward pass.
+
+        ``ignore_index`` defaults to ``config.pad_id`` (or -100 when that is None).
+        Returns the loss as a Python float; gradients are accumulated into ``.grad``.
+        """
+        if ignore_index is None:
+            ignore_index = -100 if self.config.pad_id is None else self.config.pad_id
+        logits = self.forward(src, tgt_in, src_key_padding_mask, tgt_key_padding_mask)
+        loss, cache = F.cross_entropy_forward(logits, tgt_out, ignore_index=ignore_index,
+                                              label_smoothing=label_smoothing)
+        self.backward(F.cross_entropy_backward(1.0, cache))
+        return float(loss)
+
+
+# --------------------------------------------------------------------------------------
+# Decoder-only language model
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DecoderLMConfig:
+    """A decoder-only, causal language model in the GPT-2 style."""
+
+    vocab_size: int = 256  # token vocabulary
+    d_model: int = 128  # width of the residual stream
+    n_heads: int = 4  # attention heads; must divide d_model
+    n_layers: int = 4  # number of blocks (self-attention + feed-forward)
+    d_ff: int = 512  # inner width of the feed-forward block (4 × d_model in GPT-2)
+    max_len: int = 128  # context length (positions available)
+    dropout: float = 0.0  # on embeddings, attention weights and sub-layer outputs
+    activation: str = "gelu"  # "gelu" (erf), "gelu_tanh" (GPT-2's) or "relu"
+    norm_first: bool = True  # pre-LN as GPT-2; False gives post-LN blocks
+    positional: str = "learned"  # "learned" (GPT-2) or "sinusoidal"
+    tie_embeddings: bool = True  # the output head reuses the token embedding (GPT-2)
+    layer_norm_eps: float = 1e-5
+    dtype: str = "float64"  # "float64" (reference) or "float32"
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return _config_from_dict(cls, d)
+
+
+class DecoderLM(Module):
+    """Decoder-only language model: embeddings, N causal blocks, a final norm, the head.
+
+    ``forward(ids)`` with ids (B, T), T ≤ max_len, returns logits (B, T, V) where
+    position t predicts token t + 1. Blocks are :class:`refsparse.nn.EncoderLayer` run with
+    a causal mask (a decoder without cross-attention).
+    """
+
+    def __init__(self, config: DecoderLMConfig, *, rng=None):
+        super().__init__()
+        _check_config(config)
+        rng = _default_rng(rng)
+        c = config
+        dtype = check_dtype_name("dtype", c.dtype)
+        self.config = c
+        self.rng = rng
+        self.tok_embed = Embedding(c.vocab_size, c.d_model, std=0.02, rng=rng, dtype=dtype)
+        self.pos_embed = _positional(c.positional, c.max_len, c.d_model, rng, dtype)
+        self.dropout = Dropout(c.dropout, rng=rng)
+        self.blocks = ModuleList(
+            EncoderLayer(c.d_model, c.n_heads, c.d_ff, c.dropout, c.activation, c.norm_first,
+                         c.layer_norm_eps, rng=rng, dtype=dtype)
+            for _ in range(c.n_layers)
+        )
+        self.norm_f = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype)
+        self.head = _OutputHead(c.d_model, c.vocab_size, self.tok_embed if c.tie_embeddings else None,
+                                rng=rng, dtype=dtype)
+
+    def forward(self, ids):
+        check_int("ids", ids, ndim=2, low=0, high=self.config.vocab_size)
+        if ids.shape[1] > self.config.max_len:
+            raise ValueError(f"ids: expected at most max_len={self.config.max_len} positions, "
+                             f"got shape {ids.shape}")
+        x = self.tok_embed.forward(ids)  # (B, T, C)
+        x = self.dropout.forward(self.pos_embed.forward(x))
+        for block in self.blocks:
+            x = block.forward(x, causal=True)
+        return self.head.forward(self.norm_f.forward(x))  # (B, T, V)
+
+    def backward(self, dlogits):
+        """Accumulate every parameter's gradient; the ids have none, so returns None."""
+        dx = self.norm_f.backward(self.head.backward(dlogits))
+        for block in reversed(self.blocks):
+            dx = block.backward(dx)
+        dx = self.pos_embed.backward(self.dropout.backward(dx))
+        self.tok_embed.backward(dx)
+        return None
+
+    def forward_backward(self, ids, targets, *, ignore_index=-100, label_smoothing=0.0):
+        """Logits, mean cross-entropy against ``targets`` (B, T), backward; returns the loss."""
+        logits = self.forward(ids)
+        loss, cache = F.cross_entropy_forward(logits, targets, ignore_index=ignore_index,
+                                              label_smoothing=label_smoothing)
+        self.backward(F.cross_entropy_backward(1.0, cache))
+        return float(loss)
+

@@ -1,0 +1,20 @@
+"""Modules: own parameters and gradients, call the functional pairs, keep their caches."""
+
+from .attention import MultiHeadAttention, build_attention_mask
+from .layers import (
+    Activation,
+    Dropout,
+    Embedding,
+    LayerNorm,
+    LearnedPositionalEmbedding,
+    Linear,
+    SinusoidalPositionalEncoding,
+)
+from .module import Module, ModuleList, Parameter
+from .transformer import DecoderLayer, EncoderLayer, FeedForward
+
+__all__ = [
+    "Activation", "DecoderLayer", "Dropout", "Embedding", "EncoderLayer", "FeedForward",
+    "LayerNorm", "LearnedPositionalEmbedding", "Linear", "Module", "ModuleList",
+    "MultiHeadAttention", "Parameter", "SinusoidalPositionalEncoding", "build_attention_mask",
+]

@@ -1,0 +1,139 @@
+"""Multi-head attention (self and cross) as a module.
+
+    MultiHead(Q, K, V) = Concat(head_1, …, head_H) W_O,   head_h = Attention(Q W_Q^h, K W_K^h, V W_V^h)
+
+(Vaswani et al. 2017 §3.2.2), with the projections written as four Linear layers
+``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` (PyTorch's ``nn.MultiheadAttention``
+packs the first three into one ``in_proj_weight``; ``refsparse.interop.torch`` maps them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from .._checks import check_bool, check_float, check_same_dtype, check_shape
+from .layers import Linear, _check_positive_int, _default_rng
+from .module import Module
+
+
+def build_attention_mask(batch, t_q, t_k, *, causal=False, attn_mask=None, key_padding_mask=None):
+    """Combine the three ways of masking into one boolean "may attend" mask, or None.
+
+    Parameters
+    ----------
+    causal : bool
+        Query i may attend to key j only if j <= i.
+    attn_mask : bool array (T_q, T_k), optional
+        True where the query may attend to the key (torch SDPA's convention).
+    key_padding_mask : bool array (B, T_k), optional
+        True where the key is *padding* (torch ``nn.MultiheadAttention``'s convention).
+
+    Returns
+    -------
+    None (every query sees every key) or a bool array broadcastable to (B, H, T_q, T_k).
+    """
+    allowed = None  # (T_q, T_k) while it is shared by the whole batch
+    if causal:
+        allowed = F.causal_mask(t_q, t_k)
+    if attn_mask is not None:
+        check_bool("attn_mask", attn_mask)
+        check_shape("attn_mask", attn_mask, (t_q, t_k))
+        allowed = attn_mask if allowed is None else (allowed & attn_mask)
+    if key_padding_mask is not None:
+        check_bool("key_padding_mask", key_padding_mask)
+        check_shape("key_padding_mask", key_padding_mask, (batch, t_k))
+        keep = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, T_k)
+        allowed = keep if allowed is None else (allowed[None, None] & keep)  # (B, 1, T_q, T_k)
+    return allowed
+
+
+class MultiHeadAttention(Module):
+    """Multi-head scaled dot-product attention over a dense boolean mask.
+
+    Parameters
+    ----------
+    d_model : int
+        Width of the queries, keys, values and output.
+    n_heads : int
+        Number of heads; must divide ``d_model`` (d_head = d_model / n_heads).
+    dropout : float
+        Dropout on the attention probabilities (training mode only).
+    bias : bool
+        Whether the four projections have biases.
+    """
+
+    def __init__(self, d_model, n_heads, dropout=0.0, bias=True, *, rng=None, dtype="float64"):
+        super().__init__()
+        d_model = _check_positive_int("d_model", d_model)
+        n_heads = _check_positive_int("n_heads", n_heads)
+        if d_model % n_heads:
+            raise ValueError(f"n_heads: expected a divisor of d_model={d_model}, got {n_heads}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
+        rng = _default_rng(rng)
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.dropout = float(dropout)
+        self.rng = rng
+        self.q_proj = Linear(d_model, d_model, bias, rng=rng, dtype=dtype)
+        self.k_proj = Linear(d_model, d_model, bias, rng=rng, dtype=dtype)
+        self.v_proj = Linear(d_model, d_model, bias, rng=rng, dtype=dtype)
+        self.out_proj = Linear(d_model, d_model, bias, rng=rng, dtype=dtype)
+        self._cache = None
+
+    def forward(self, x, kv=None, *, causal=False, key_padding_mask=None, attn_mask=None):
+        """Attend from ``x`` (B, T_q, C) to ``kv`` (B, T_k, C); ``kv=None`` is self-attention.
+
+        Returns (B, T_q, C). See :func:`build_attention_mask` for the three masks.
+        """
+        check_float("x", x, ndim=3)
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"x: expected last dimension {self.d_model}, got shape {x.shape}")
+        check_same_dtype(weights=self.q_proj.weight.value, x=x)
+        is_self = kv is None
+        if not is_self:
+            check_float("kv", kv, ndim=3)
+            check_same_dtype(x=x, kv=kv)
+            if kv.shape[0] != x.shape[0] or kv.shape[2] != self.d_model:
+                raise ValueError(
+                    f"kv: expected shape ({x.shape[0]}, *, {self.d_model}), got {kv.shape}"
+                )
+        src = x if is_self else kv
+        B, Tq, _ = x.shape
+        Tk = src.shape[1]
+        mask = build_attention_mask(
+            B, Tq, Tk, causal=causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask
+        )
+
+        # 1. project, then split the width into heads: (B, T, C) -> (B, H, T, D)
+        q, _ = F.split_heads_forward(self.q_proj.forward(x), self.n_heads)
+        k, _ = F.split_heads_forward(self.k_proj.forward(src), self.n_heads)
+        v, _ = F.split_heads_forward(self.v_proj.forward(src), self.n_heads)
+        # 2. scaled dot-product attention per head: (B, H, T_q, D)
+        ctx, attn_cache = F.attention_forward(
+            q, k, v, mask=mask, dropout_p=self.dropout, rng=self.rng, training=self.training
+        )
+        # 3. merge the heads back and project: (B, H, T_q, D) -> (B, T_q, C)
+        merged, _ = F.merge_heads_forward(ctx)
+        y = self.out_proj.forward(merged)
+        self._cache = (is_self, attn_cache)
+        return y
+
+    def backward(self, dy):
+        """Walk the forward's steps in reverse. Returns dx, or (dx, dkv) for cross-attention."""
+        is_self, attn_cache = self._cache
+        # 3. (B, T_q, C) -> (B, H, T_q, D)
+        dctx = F.merge_heads_backward(self.out_proj.backward(dy), self.n_heads)
+        # 2.
+        dq, dk, dv = F.attention_backward(dctx, attn_cache)
+        # 1. (B, H, T, D) -> (B, T, C), then through the projections
+        dx = self.q_proj.backward(F.split_heads_backward(dq, self.n_heads))
+        dsrc = self.k_proj.backward(F.split_heads_backward(dk, self.n_heads))
+        dsrc += self.v_proj.backward(F.split_heads_backward(dv, self.n_heads))
+        if is_self:
+            dx += dsrc
+            return dx
+        return dx, dsrc
+
+    def __repr__(self):
+        return f"MultiHeadAttention(d_model={self.d_model}, n_heads={self.n_heads})"
