@@ -1,0 +1,210 @@
+"""Sparse attention kernels against their NumPy twin (dense masked attention), gradcheck, torch.
+
+The twin is refsparse.functional.attention_forward/backward with the pattern as a dense
+boolean mask; in float64 the kernels must agree with it to 1e-12 relative (relative to
+each tensor's largest entry), on drawn shapes and patterns that include empty rows,
+single-entry rows, full rows, per-head and per-batch patterns, and T_q != T_k.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from refsparse import functional as F
+from refsparse.functional.sparse_attention import (
+    prepare_pattern,
+    sparse_attention_backward,
+    sparse_attention_forward,
+)
+from refsparse.gradcheck import check_op
+
+
+def rel_err(mine, theirs):
+    scale = max(np.abs(theirs).max(initial=0.0), np.abs(mine).max(initial=0.0))
+    err = np.abs(np.asarray(mine, np.float64) - np.asarray(theirs, np.float64)).max(initial=0.0)
+    return err / scale if scale > 0 else err
+
+
+def assert_close(name, mine, theirs, tol):
+    e = rel_err(mine, theirs)
+    assert e <= tol, (
+        f"{name}: shape {np.shape(theirs)}, max abs err "
+        f"{np.abs(np.asarray(mine, np.float64) - theirs).max():.3e}, max rel err {e:.3e} > {tol:g}\n"
+        f"mine:   {np.ravel(mine)[:6]}\ntheirs: {np.ravel(theirs)[:6]}"
+    )
+
+
+def random_pattern(rng, t_q, t_k, density):
+    """A random CSR pattern with an empty row, a single-entry row and a full row forced in."""
+    dense = rng.random((t_q, t_k)) < density
+    if t_q >= 3:
+        dense[0] = False  # empty row
+        dense[1] = False
+        dense[1, rng.integers(t_k)] = True  # single entry
+        dense[2] = True  # full row
+    return sp.csr_array(dense)
+
+
+def dense_mask(pattern, B, H):
+    """The (B or 1, H or 1, Tq, Tk) boolean mask of a pattern argument."""
+    if sp.issparse(pattern):
+        return pattern.toarray()[None, None]
+    if sp.issparse(pattern[0]):
+        return np.stack([p.toarray() for p in pattern])[None]
+    return np.stack([np.stack([p.toarray() for p in row]) for row in pattern])
+
+
+@st.composite
+def cases(draw):
+    B = draw(st.integers(1, 3))
+    H = draw(st.integers(1, 4))
+    t_q = draw(st.integers(1, 12))
+    t_k = draw(st.sampled_from([t_q, draw(st.integers(1, 12))]))
+    D = draw(st.integers(1, 9))
+    Dv = draw(st.sampled_from([D, draw(st.integers(1, 9))]))
+    grouping = draw(st.sampled_from(["shared", "per_head", "per_batch", "per_batch_head"]))
+    density = draw(st.sampled_from([0.0, 0.2, 0.5, 1.0]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return B, H, t_q, t_k, D, Dv, grouping, density, seed
+
+
+def make_case(B, H, t_q, t_k, D, Dv, grouping, density, seed, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, H, t_q, D)).astype(dtype)
+    k = rng.standard_normal((B, H, t_k, D)).astype(dtype)
+    v = rng.standard_normal((B, H, t_k, Dv)).astype(dtype)
+    new = lambda: random_pattern(rng, t_q, t_k, density)  # noqa: E731
+    if grouping == "shared":
+        pattern = new()
+    elif grouping == "per_head":
+        pattern = [new() for _ in range(H)]
+    elif grouping == "per_batch":
+        pattern = [[new()] for _ in range(B)]
+    else:
+        pattern = [[new() for _ in range(H)] for _ in range(B)]
+    return q, k, v, pattern, rng
+
+
+@given(cases())
+def test_kernels_equal_dense_twin_float64(case):
+    q, k, v, pattern, rng = make_case(*case)
+    B, H = q.shape[:2]
+    out, cache = sparse_attention_forward(q, k, v, pattern)
+    out_d, cache_d = F.attention_forward(q, k, v, dense_mask(pattern, B, H))
+    assert_close("out", out, out_d, 1e-12)
+    dout = rng.standard_normal(out.shape)
+    for name, mine, theirs in zip(("dq", "dk", "dv"), sparse_attention_backward(dout, cache),
+                                  F.attention_backward(dout, cache_d)):
+        assert mine.shape == theirs.shape
+        assert_close(name, mine, theirs, 1e-12)
+
+
+@given(cases())
+def test_float32_in_float32_out_and_close(case):
+    q, k, v, pattern, rng = make_case(*case, dtype=np.float32)
+    B, H = q.shape[:2]
+    out, cache = sparse_attention_forward(q, k, v, pattern)
+    assert out.dtype == np.float32
+    out_d, cache_d = F.attention_forward(q, k, v, dense_mask(pattern, B, H))
+    assert_close("out", out, out_d, 1e-5)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    for name, mine, theirs in zip(("dq", "dk", "dv"), sparse_attention_backward(dout, cache),
+                                  F.attention_backward(dout, cache_d)):
+        assert mine.dtype == np.float32, name
+        assert_close(name, mine, theirs, 1e-5)
+
+
+def test_empty_rows_give_zero_output_and_zero_gradients():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 2, 5, 3)) for _ in range(3))
+    dense = np.tril(np.ones((5, 5), bool))
+    dense[2] = False  # query 2 sees nothing
+    dense[:, 4] = False  # key 4 is seen by nobody
+    out, cache = sparse_attention_forward(q, k, v, sp.csr_array(dense))
+    assert np.all(out[:, :, 2] == 0)
+    assert np.all(cache.lse[:, :, 2] == -np.inf)
+    dq, dk, dv = sparse_attention_backward(rng.standard_normal(out.shape), cache)
+    for g in (dq, dk, dv):
+        assert np.all(np.isfinite(g))
+    assert np.all(dq[:, :, 2] == 0)
+    assert np.all(dk[:, :, 4] == 0) and np.all(dv[:, :, 4] == 0)
+
+
+def test_all_rows_empty():
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((1, 2, 4, 3)) for _ in range(3))
+    out, cache = sparse_attention_forward(q, k, v, sp.csr_array((4, 4), dtype=bool))
+    assert np.all(out == 0)
+    grads = sparse_attention_backward(np.ones_like(out), cache)
+    assert all(np.all(g == 0) for g in grads)
+
+
+@pytest.mark.parametrize("grouping", ["shared", "per_head", "per_batch_head"])
+def test_gradcheck(grouping):
+    rng = np.random.default_rng(3)
+    B, H, Tq, Tk, D = 2, 2, 5, 6, 3
+    q, k, v, pattern, _ = make_case(B, H, Tq, Tk, D, 4, grouping, 0.5, 7)
+    pp = prepare_pattern(pattern)
+    report = check_op(
+        lambda q, k, v: sparse_attention_forward(q, k, v, pp),
+        sparse_attention_backward,
+        {"q": q, "k": k, "v": v},
+        rng=rng,
+    )
+    report.raise_if_failed()
+
+
+def test_views_of_split_heads_are_used_without_copy():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 6, 8))
+    q, _ = F.split_heads_forward(x, 2)  # (B, H, T, D) view of (B, T, H, D) memory
+    out, cache = sparse_attention_forward(q, q, q, sp.csr_array(np.tril(np.ones((6, 6), bool))))
+    assert np.shares_memory(cache.q, x)
+    merged = out.transpose(0, 2, 1, 3).reshape(2, 6, 8)
+    assert np.shares_memory(merged, cache.out)  # merging heads costs no copy
+
+
+def test_bad_input_is_named():
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((1, 2, 4, 3))
+    pat = sp.csr_array(np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="pattern"):
+        sparse_attention_forward(q, q, q, sp.csr_array(np.ones((4, 5), bool)))
+    with pytest.raises(ValueError, match="pattern"):
+        sparse_attention_forward(q, q, q, [pat, pat, pat])  # 3 head patterns for 2 heads
+    with pytest.raises(TypeError, match="pattern"):
+        sparse_attention_forward(q, q, q, np.ones((4, 4), bool))
+    with pytest.raises(TypeError, match="k"):
+        sparse_attention_forward(q, q.astype(np.float32), q, pat)
+    with pytest.raises(ValueError, match="k"):
+        sparse_attention_forward(q, q[:, :, :, :2], q, pat)
+    with pytest.raises(TypeError, match="q"):
+        sparse_attention_forward(q.astype(np.int64), q, q, pat)
+    out, cache = sparse_attention_forward(q, q, q, pat)
+    with pytest.raises(ValueError, match="dout"):
+        sparse_attention_backward(out[:, :, :2], cache)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+def test_equals_torch_sdpa_with_the_same_mask(dtype, tol):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    B, H, Tq, Tk, D = 2, 3, 9, 11, 8
+    dense = rng.random((H, Tq, Tk)) < 0.4
+    dense[:, np.arange(Tq), np.arange(Tq) % Tk] = True  # no empty row
+    pattern = [sp.csr_array(d) for d in dense]
+    q = rng.standard_normal((B, H, Tq, D)).astype(dtype)
+    k = rng.standard_normal((B, H, Tk, D)).astype(dtype)
+    v = rng.standard_normal((B, H, Tk, D)).astype(dtype)
+    dout = rng.standard_normal((B, H, Tq, D)).astype(dtype)
+    out, cache = sparse_attention_forward(q, k, v, pattern)
+    grads = sparse_attention_backward(dout, cache)
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=torch.from_numpy(dense))
+    tout.backward(torch.from_numpy(dout))
+    assert_close("out", out, tout.detach().numpy(), tol)
+    for name, mine, t in zip(("dq", "dk", "dv"), grads, (tq, tk, tv)):
+        assert_close(name, mine, t.grad.numpy(), tol)
