@@ -117,7 +117,9 @@ def _cmd_train(args):
               f"{summary['val_loss'] / h:.3f};  {summary['bits_per_char']:.3f} bits per character")
         from .train import generate
 
-        prompt = "The "
+        # "The " on the built-in corpus; on another text, its first characters
+        prompt = "The " if all(ch in trainer.tokenizer.chars for ch in "The ") else \
+            trainer.tokenizer.decode(trainer.val_ids[:4])
         ids = generate(trainer.model, trainer.tokenizer.encode(prompt), cfg.sample_chars,
                        temperature=0.8, top_k=20)
         print("sample:\n" + trainer.tokenizer.decode(ids))
