@@ -1,0 +1,89 @@
+"""Shared helpers of the benchmarks: subprocess workers, environment facts, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+
+
+def warn_openblas_env():
+    """The benchmarks want OpenBLAS's own kernel choice; say so if the variables are set."""
+    bad = [v for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if v in os.environ]
+    if bad:
+        print(f"warning: {', '.join(bad)} set; numpy's BLAS runs a slower kernel. Run as\n"
+              f"  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python {sys.argv[0]}\n", file=sys.stderr)
+    return bad
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment():
+    """Versions, thread counts and the BLAS kernels (threadpoolctl), for the JSON record."""
+    info = {"python": platform.python_version(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                                   "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+    import numpy
+    import scipy
+
+    info["numpy"] = numpy.__version__
+    info["scipy"] = scipy.__version__
+    try:
+        import numba
+
+        info["numba"] = numba.__version__
+        info["numba_threads"] = numba.config.NUMBA_NUM_THREADS
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture",
+                                                "prefix")} for d in threadpool_info()]
+    except ImportError:
+        info["blas"] = "threadpoolctl not installed"
+    return info
+
+
+def run_worker(script, args):
+    """Run ``python script --worker ...`` in its own process; return its JSON result.
+
+    Each library is timed in a process of its own: right after a numpy BLAS call, OpenBLAS's
+    spinning threads slow torch down by about 2× on 2 cores.
+    """
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = f.name
+    try:
+        cmd = [sys.executable, script, "--worker", *args, "--json", out]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"worker {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        with open(out) as fh:
+            return json.load(fh)
+    finally:
+        os.unlink(out)
+
+
+def write_json(name, payload):
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, name)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    return path
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

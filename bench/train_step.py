@@ -1,0 +1,180 @@
+"""One AdamW training step of a decoder-only LM: refsparse against PyTorch CPU.
+
+The model: 4 layers, d_model 256, 4 heads, d_ff 1024, T 256, batch 16, the built-in
+corpus's vocabulary; the same initial weights and batch on both sides. One step is
+zero_grad, forward, cross-entropy, backward, global-norm clipping and AdamW.
+
+Each library runs in its own process, warms up, then takes the median of ``--steps``
+timed steps. The script first checks that both sides compute the same first loss.
+
+Run it as:
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train_step.py
+
+Prints a markdown table and writes bench/results/train_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    environment,
+    markdown_table,
+    peak_rss_mb,
+    run_worker,
+    warn_openblas_env,
+    write_json,
+)
+
+SHAPE = dict(n_layers=4, d_model=256, n_heads=4, d_ff=1024, seq_len=256, batch=16)
+
+
+def build(dtype):
+    import numpy as np
+
+    from refsparse.data import CharTokenizer, builtin_corpus, get_lm_batch
+    from refsparse.models import DecoderLM, DecoderLMConfig
+
+    text = builtin_corpus()
+    tok = CharTokenizer.from_text(text)
+    ids = tok.encode(text)
+    cfg = DecoderLMConfig(vocab_size=tok.vocab_size, d_model=SHAPE["d_model"], n_heads=SHAPE["n_heads"],
+                          n_layers=SHAPE["n_layers"], d_ff=SHAPE["d_ff"], max_len=SHAPE["seq_len"],
+                          dtype=dtype)
+    model = DecoderLM(cfg, rng=np.random.default_rng(0))
+    x, y = get_lm_batch(ids, SHAPE["batch"], SHAPE["seq_len"], np.random.default_rng(1))
+    return model, x, y
+
+
+def worker_refsparse(dtype, steps, warmup):
+    from refsparse.optim import AdamW, clip_grad_norm
+
+    model, x, y = build(dtype)
+    opt = AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+
+    def step():
+        model.zero_grad()
+        loss = model.forward_backward(x, y)
+        clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    first = step()
+    for _ in range(warmup - 1):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return first, times, model.num_parameters()
+
+
+def worker_torch(dtype, steps, warmup):
+    import torch
+
+    from refsparse.interop.torch_models import TorchDecoderLM, copy_lm_to_torch
+
+    model, x, y = build(dtype)
+    tmodel = TorchDecoderLM(model.config)
+    copy_lm_to_torch(model, tmodel)
+    del model
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y).reshape(-1)
+    opt = torch.optim.AdamW(tmodel.parameters(), lr=1e-3, weight_decay=0.1)
+    V = tmodel.config.vocab_size
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(tmodel(tx).reshape(-1, V), ty)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 1.0)
+        opt.step()
+        return loss.item()
+
+    time.sleep(0.5)  # let any OpenBLAS threads from the set-up stop spinning
+    first = step()
+    for _ in range(warmup - 1):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    n = sum(p.numel() for p in tmodel.parameters())
+    return first, times, n, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def worker(args):
+    extra = {}
+    if args.lib == "refsparse":
+        first, times, n = worker_refsparse(args.dtype, args.steps, args.warmup)
+    else:
+        first, times, n, extra = worker_torch(args.dtype, args.steps, args.warmup)
+    tokens = SHAPE["batch"] * SHAPE["seq_len"]
+    med = statistics.median(times)
+    result = {"lib": args.lib, "dtype": args.dtype, "first_loss": first, "times_s": times,
+              "median_ms": 1000 * med, "tokens_per_s": tokens / med, "peak_rss_mb": peak_rss_mb(),
+              "parameters": n, "env": environment(), **extra}
+    with open(args.json, "w") as f:
+        json.dump(result, f)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, caches)")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    p.add_argument("--worker", choices=["refsparse", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--lib", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--json", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        args.lib = args.worker
+        return worker(args)
+
+    warn_openblas_env()
+    results = []
+    for dtype in args.dtypes:
+        for lib in ("refsparse", "torch"):
+            print(f"running {lib} {dtype} ...", file=sys.stderr)
+            results.append(run_worker(__file__, [lib, "--dtype", dtype, "--steps", str(args.steps),
+                                                 "--warmup", str(args.warmup)]))
+    rows = []
+    checks = []
+    for dtype in args.dtypes:
+        mine = next(r for r in results if r["lib"] == "refsparse" and r["dtype"] == dtype)
+        theirs = next(r for r in results if r["lib"] == "torch" and r["dtype"] == dtype)
+        rel = abs(mine["first_loss"] - theirs["first_loss"]) / abs(theirs["first_loss"])
+        tol = 1e-10 if dtype == "float64" else 1e-4
+        checks.append({"dtype": dtype, "first_loss_rel_diff": rel, "ok": rel <= tol})
+        for r in (mine, theirs):
+            rows.append([r["lib"], dtype, f"{r['median_ms']:.1f}", f"{r['tokens_per_s']:,.0f}",
+                         f"{r['peak_rss_mb']:.0f}",
+                         f"{r['median_ms'] / theirs['median_ms']:.2f}×"])
+    print(f"\nDecoder-only LM training step: {SHAPE['n_layers']} layers, d_model {SHAPE['d_model']}, "
+          f"{SHAPE['n_heads']} heads, T {SHAPE['seq_len']}, batch {SHAPE['batch']}, "
+          f"{results[0]['parameters']:,} parameters; median of {args.steps} steps after {args.warmup} "
+          "warm-up steps, each library in its own process.\n")
+    print(markdown_table(["library", "dtype", "ms/step", "tokens/s", "peak RSS (MB)",
+                          "ratio to torch"], rows))
+    for c in checks:
+        print(f"\nfirst-step loss, refsparse vs torch, {c['dtype']}: relative difference "
+              f"{c['first_loss_rel_diff']:.2e} ({'ok' if c['ok'] else 'MISMATCH'})")
+    blas = results[0]["env"].get("blas")
+    print(f"\nnumpy BLAS: {blas}")
+    path = write_json("train_step.json", {"shape": SHAPE, "results": results, "checks": checks})
+    print(f"wrote {path}")
+    if not all(c["ok"] for c in checks):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
