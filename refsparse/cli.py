@@ -5,6 +5,7 @@
     refsparse sample --checkpoint PATH    generate text from a trained LM
     refsparse eval --checkpoint PATH      validation loss (and accuracy) of a checkpoint
     refsparse plot RUN_DIR                loss curves to a PNG
+    refsparse patterns show SPEC --T 64   draw a sparse attention pattern
 
 Every subcommand has ``--help``. Errors are reported in one line, with exit status 2.
 """
@@ -190,6 +191,28 @@ def _cmd_plot(args):
     return 0
 
 
+def _cmd_patterns(args):
+    from . import patterns as P
+
+    pattern = P.parse(args.spec, args.T)
+    if args.action == "stats":
+        print(json.dumps(P.stats(pattern), indent=2))
+        return 0
+    if args.action == "text":
+        panels = pattern if P.is_per_head(pattern) else [pattern]
+        for h, p in enumerate(panels):
+            if len(panels) > 1:
+                print(f"head {h}:")
+            print(P.to_text(p))
+        return 0
+    from .plotting import draw_pattern
+
+    out = args.output or (args.spec.replace(":", "_").replace(",", "_").replace("=", "") + ".png")
+    draw_pattern(pattern, out, title=f"{args.spec}  (T={args.T})")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="refsparse",
@@ -239,6 +262,18 @@ def build_parser():
     pl.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding metrics.jsonl")
     pl.add_argument("-o", "--output", help="PNG path (default RUN_DIR/loss.png)")
     pl.set_defaults(func=_cmd_plot)
+    pt = sub.add_parser("patterns", help="show, print or count a sparse attention pattern",
+                        description="Sparse attention patterns, given as a text spec such as "
+                        "'local:window=16', 'strided:stride=8', 'fixed:block=8,c=2', "
+                        "'bigbird:block=4,window_blocks=3,global_blocks=1,random_blocks=1', "
+                        "or several joined by '+'.")
+    pt.add_argument("action", choices=["show", "text", "stats"],
+                    help="show: draw to a PNG (needs matplotlib); text: print as # and .; "
+                         "stats: entries per row, density")
+    pt.add_argument("spec", help="the pattern spec, e.g. 'strided:stride=8'")
+    pt.add_argument("--T", type=int, default=64, help="sequence length (default 64)")
+    pt.add_argument("-o", "--output", help="PNG path for show (default: from the spec)")
+    pt.set_defaults(func=_cmd_patterns)
     return p
 
 

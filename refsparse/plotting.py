@@ -47,3 +47,30 @@ def plot_run(run_dir, output=None):
     fig.savefig(output, dpi=120)
     plt.close(fig)
     return output
+
+
+def draw_pattern(pattern, output, *, title=None):
+    """Draw a pattern (or a per-head list, side by side) as black squares to a PNG.
+
+    Entry (i, j) is black when query i (row, downwards) may attend to key j (column).
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    plt = _pyplot()
+    panels = [pattern] if sp.issparse(pattern) else list(pattern)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for h, (ax, p) in enumerate(zip(axes[0], panels)):
+        ax.imshow(np.asarray(p.toarray(), dtype=float), cmap="Greys", vmin=0, vmax=1,
+                  interpolation="nearest")
+        nnz, rows = p.nnz, p.shape[0]
+        label = f"head {h}: " if len(panels) > 1 else ""
+        ax.set_title(f"{label}{nnz} entries, {nnz / max(rows, 1):.1f}/row", fontsize=9)
+        ax.set_xlabel("key j")
+        ax.set_ylabel("query i")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
