@@ -38,11 +38,13 @@ def head_dims(draw):
 # helpers
 
 
-def assert_close(name, mine, theirs, dtype, atol=0.0):
+def assert_close(name, mine, theirs, dtype, floor=0.0):
     """Compare one named tensor, relative to its largest entry; print mine vs theirs on failure.
 
-    ``atol`` is for a tensor that is exactly zero in truth, where the other side's
-    rounding noise would make any relative error 1.
+    ``floor`` raises the scale the error is measured against, for a gradient that is a
+    difference of much larger terms (a softmax row near one-hot, LayerNorm over two
+    channels, an attention row with a single key): both libraries then lose the same
+    digits to cancellation, and the honest yardstick is the size of those terms.
     """
     if isinstance(theirs, torch.Tensor):
         theirs = theirs.detach().numpy()
@@ -53,14 +55,15 @@ def assert_close(name, mine, theirs, dtype, atol=0.0):
     diff = np.abs(a - b)
     max_abs = float(diff.max()) if diff.size else 0.0
     scale = max(float(np.abs(b).max()), float(np.abs(a).max())) if diff.size else 0.0
+    scale = max(scale, float(floor))
     max_rel = max_abs / scale if scale > 0 else max_abs
     rtol = RTOL[dtype]
-    if not (np.all(np.isfinite(a)) and (max_rel <= rtol or max_abs <= atol)):
+    if not (np.all(np.isfinite(a)) and max_rel <= rtol):
         where = np.unravel_index(np.argmax(diff), diff.shape) if diff.size else ()
         msg = (
             f"{name} [{np.dtype(dtype).name}]: mine vs theirs: max abs {max_abs:.3e}, "
-            f"max rel {max_rel:.3e} (tolerance {rtol:g}); worst at {where}: "
-            f"mine {a[where]!r} vs theirs {b[where]!r}"
+            f"max rel {max_rel:.3e} (tolerance {rtol:g}, scale {scale:.3e}); worst at "
+            f"{tuple(int(i) for i in where)}: mine {a[where]!r} vs theirs {b[where]!r}"
         )
         print(msg)
         raise AssertionError(msg)
@@ -138,7 +141,11 @@ def test_sinusoidal_encoding(d_model):
 @given(b=batch, t=length, extra=st.integers(0, 4), c=width, seed=seeds)
 def test_positional(dtype, b, t, extra, c, seed):
     rng = np.random.default_rng(seed)
-    x, table, g = randn(rng, (b, t, c), dtype), randn(rng, (t + extra, c), dtype), randn(rng, (b, t, c), dtype)
+    x, table, g = (
+        randn(rng, (b, t, c), dtype),
+        randn(rng, (t + extra, c), dtype),
+        randn(rng, (b, t, c), dtype),
+    )
 
     y, cache = F.positional_forward(x, table)
     dx, dtable = F.positional_backward(g, cache)
@@ -168,13 +175,18 @@ def test_layernorm(dtype, b, t, c, eps, seed):
     X, G, B = tt(x), tt(gamma), tt(beta)
     Y = TF.layer_norm(X, (c,), G, B, eps)
     Y.backward(torch.tensor(g))
-    # C = 1: y = β whatever x is, so dx is exactly 0, while torch's carries rounding noise
-    # of about u · rstd · |dy γ|: compare that case on an absolute scale.
-    atol = 0.0 if c > 1 else 100 * np.finfo(dtype).eps * float(np.abs(g * gamma).max()) / math.sqrt(eps)
     assert_close("y", y, Y, dtype)
-    assert_close("dx", dx, X.grad, dtype, atol=atol)
-    assert_close("dgamma", dgamma, G.grad, dtype)
     assert_close("dbeta", dbeta, B.grad, dtype)
+    if c == 1:
+        # y = β whatever x is: the true dx and dγ are exactly 0 (x̂ = 0 exactly); torch's
+        # carry rounding noise, against which no relative comparison makes sense.
+        assert not dx.any() and not dgamma.any()
+        return
+    # dx = rstd (g − mean(g) − x̂ mean(g x̂)), g = dy γ: terms of size rstd |dy γ| that
+    # nearly cancel when x̂ is close to ±1 (C = 2)
+    floor = float(cache.rstd.max()) * float(np.abs(g * gamma).max())
+    assert_close("dx", dx, X.grad, dtype, floor=floor)
+    assert_close("dgamma", dgamma, G.grad, dtype)
 
 
 @DTYPES
@@ -204,11 +216,26 @@ def test_gelu(dtype, approximate, b, t, c, seed):
     y, cache = F.gelu_forward(x, approximate)
     dx = F.gelu_backward(g, cache)
 
+    # 1. Against torch.nn.functional.gelu in the same dtype, where it is accurate: torch
+    # evaluates 1 + erf(·) and 1 + tanh(·) literally, which loses digits for x ≪ 0 (all
+    # of them in float32 by x ≈ −5). refsparse uses erfc and the logistic function there.
     X = tt(x)
     Y = TF.gelu(X, approximate=approximate)
     Y.backward(torch.tensor(g))
-    assert_close("y", y, Y, dtype)
-    assert_close("dx", dx, X.grad, dtype)
+    ok = x > (-4.0 if dtype == np.float64 else -2.5)
+    assert_close("y", y[ok], Y.detach().numpy()[ok], dtype)
+    assert_close("dx", dx[ok], X.grad.numpy()[ok], dtype)
+
+    # 2. Everywhere, against the same function written out in torch float64 in a
+    # cancellation-free form, differentiated by autograd.
+    X64 = tt(x.astype(np.float64))
+    if approximate == "none":
+        Y64 = X64 * 0.5 * torch.special.erfc(-X64 / math.sqrt(2.0))
+    else:
+        Y64 = X64 * torch.sigmoid(2.0 * math.sqrt(2.0 / math.pi) * (X64 + 0.044715 * X64**3))
+    Y64.backward(torch.tensor(g.astype(np.float64)))
+    assert_close("y vs float64 erfc/sigmoid form", y, Y64.detach().numpy().astype(dtype), dtype)
+    assert_close("dx vs float64 erfc/sigmoid form", dx, X64.grad.numpy().astype(dtype), dtype)
 
 
 @DTYPES
@@ -246,7 +273,8 @@ def test_softmax(dtype, b, t, c, axis, seed):
     Y = torch.softmax(X, dim=axis)
     Y.backward(torch.tensor(g))
     assert_close("y", y, Y, dtype)
-    assert_close("dx", dx, X.grad, dtype)
+    # dx = y dy − y Σ(y dy): terms of size |y dy| that cancel when y is near one-hot
+    assert_close("dx", dx, X.grad, dtype, floor=float(np.abs(y * g).max()))
 
 
 @DTYPES
@@ -285,11 +313,16 @@ def attention_data(rng, dtype, b, h, tq, tk, d, dv):
     return q, k, v, g
 
 
-def check_attention(dtype, mine_out, mine_grads, Q, K, V, OUT, g):
+def check_attention(dtype, out, grads, cache, Q, K, V, OUT, g):
     OUT.backward(torch.tensor(g))
-    assert_close("out", mine_out, OUT, dtype)
-    for name, mine, leaf in zip(("dq", "dk", "dv"), mine_grads, (Q, K, V)):
-        assert_close(name, mine, leaf.grad, dtype)
+    assert_close("out", out, OUT, dtype)
+    # ds = p (dp − Σ p dp) cancels exactly for a row with a single allowed key (p = 1):
+    # measure dq, dk against the size of the terms, |p dp| |k| / √D and |p dp| |q| / √D
+    q, k, v = cache.q, cache.k, cache.v
+    p_dp = float(np.abs(cache.p * (g @ v.swapaxes(-1, -2))).max()) * cache.scale
+    floors = (p_dp * float(np.abs(k).max()), p_dp * float(np.abs(q).max()), 0.0)
+    for name, mine, leaf, floor in zip(("dq", "dk", "dv"), grads, (Q, K, V), floors):
+        assert_close(name, mine, leaf.grad, dtype, floor=floor)
 
 
 @DTYPES
@@ -321,7 +354,7 @@ def test_attention_vs_sdpa(dtype, b, hd, tq, tk, dv, kind, seed):
         OUT = TF.scaled_dot_product_attention(Q, K, V, is_causal=True)
     else:
         OUT = TF.scaled_dot_product_attention(Q, K, V, attn_mask=None if mask is None else torch.tensor(mask))
-    check_attention(dtype, out, grads, Q, K, V, OUT, g)
+    check_attention(dtype, out, grads, cache, Q, K, V, OUT, g)
 
 
 @DTYPES
@@ -352,7 +385,7 @@ def test_attention_vs_manual_torch(dtype, b, hd, tq, tk, dropout_p, seed):
         np.testing.assert_array_equal(cache.dropout.keep, keep)
         p = p * (torch.tensor(keep.astype(dtype)) / (1.0 - dropout_p))
     OUT = p @ V
-    check_attention(dtype, out, grads, Q, K, V, OUT, g)
+    check_attention(dtype, out, grads, cache, Q, K, V, OUT, g)
 
 
 @DTYPES
@@ -403,9 +436,10 @@ def test_cross_entropy(dtype, b, t, v, reduction, label_smoothing, ignore, seed)
         targets[rng.random((b, t)) < 0.3] = ignore_index
     elif ignore == "in_vocab":
         ignore_index = 0
-    if reduction == "mean" and np.all(targets == ignore_index):
-        targets[0, 0] = v - 1 if ignore_index == 0 and v > 1 else (0 if ignore_index != 0 else -100)
-        if np.all(targets == ignore_index):  # v == 1 with ignore_index 0: torch would give NaN
+    if reduction == "mean" and np.all(targets == ignore_index):  # torch's mean would be NaN
+        if ignore_index == -100:
+            targets[0, 0] = 0
+        else:
             ignore_index = -100
     g = randn(rng, (b, t), dtype) if reduction == "none" else dtype(rng.standard_normal())
 

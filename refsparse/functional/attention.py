@@ -25,13 +25,13 @@ from .dropout import DropoutCache, _dropout, _dropout_grad, check_probability
 
 __all__ = [
     "AttentionCache",
-    "causal_mask",
-    "attention_forward",
     "attention_backward",
-    "split_heads_forward",
-    "split_heads_backward",
-    "merge_heads_forward",
+    "attention_forward",
+    "causal_mask",
     "merge_heads_backward",
+    "merge_heads_forward",
+    "split_heads_backward",
+    "split_heads_forward",
 ]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from .._checks import check_float
 from ._common import check_upstream
 
-__all__ = ["DropoutCache", "dropout_forward", "dropout_backward"]
+__all__ = ["DropoutCache", "dropout_backward", "dropout_forward"]
 
 
 class DropoutCache(NamedTuple):

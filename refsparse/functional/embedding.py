@@ -17,11 +17,11 @@ from ._common import check_upstream
 __all__ = [
     "EmbeddingCache",
     "PositionalCache",
-    "embedding_forward",
     "embedding_backward",
-    "sinusoidal_encoding",
-    "positional_forward",
+    "embedding_forward",
     "positional_backward",
+    "positional_forward",
+    "sinusoidal_encoding",
 ]
 
 

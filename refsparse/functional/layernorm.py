@@ -16,7 +16,7 @@ import numpy as np
 from .._checks import check_float, check_same_dtype, check_shape
 from ._common import check_upstream
 
-__all__ = ["LayerNormCache", "layernorm_forward", "layernorm_backward"]
+__all__ = ["LayerNormCache", "layernorm_backward", "layernorm_forward"]
 
 
 class LayerNormCache(NamedTuple):

@@ -14,7 +14,7 @@ import numpy as np
 from .._checks import check_float, check_same_dtype, check_shape
 from ._common import check_upstream
 
-__all__ = ["LinearCache", "linear_forward", "linear_backward"]
+__all__ = ["LinearCache", "linear_backward", "linear_forward"]
 
 
 class LinearCache(NamedTuple):

@@ -15,7 +15,7 @@ from .._checks import check_float, check_int, check_shape
 from ._common import check_upstream
 from .dropout import check_probability
 
-__all__ = ["CrossEntropyCache", "cross_entropy_forward", "cross_entropy_backward"]
+__all__ = ["CrossEntropyCache", "cross_entropy_backward", "cross_entropy_forward"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -130,7 +130,7 @@ def cross_entropy_backward(dloss, cache):
     N, V = p.shape
     if reduction == "none":
         check_upstream("dloss", dloss, shape[:-1], p.dtype)
-        w = dloss.reshape(-1) * valid  # (N,)
+        w = np.where(valid, dloss.reshape(-1), 0)  # (N,), 0 at ignored positions
     else:
         if isinstance(dloss, np.ndarray):
             if dloss.size != 1 or not np.issubdtype(dloss.dtype, np.floating):
@@ -145,8 +145,14 @@ def cross_entropy_backward(dloss, cache):
         w = valid.astype(p.dtype)  # (N,)
         w *= scale  # 0 everywhere when every target is ignored
 
-    dlogits = p * w[:, None]  # (N, V) w_i p[i, :]
-    dlogits[np.arange(N), t] -= (1.0 - eps) * w  # − w_i (1 − ε) onehot(y_i)
+    # p − q, with q's two constants rounded in the logits' dtype so that for V = 1
+    # (p = 1, q = 1) the difference is exactly 0, as the true gradient
+    eps_d = p.dtype.type(eps)
+    on_target = p.dtype.type(1) - eps_d  # 1 − ε
     if eps > 0:
-        dlogits -= (eps / V) * w[:, None]  # − w_i ε / V
+        dlogits = p - eps_d / V  # (N, V) p − ε/V
+    else:
+        dlogits = p.copy()  # (N, V)
+    dlogits[np.arange(N), t] -= on_target  # − (1 − ε) onehot(y_i)
+    dlogits *= w[:, None]  # (N, V) w_i (p − q_i)
     return dlogits.reshape(shape)

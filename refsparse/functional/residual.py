@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._checks import check_float, check_same_dtype, check_shape
 
-__all__ = ["residual_forward", "residual_backward"]
+__all__ = ["residual_backward", "residual_forward"]
 
 
 def residual_forward(x, fx):

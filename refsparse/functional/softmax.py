@@ -12,7 +12,7 @@ import numpy as np
 from .._checks import check_float
 from ._common import check_upstream
 
-__all__ = ["SoftmaxCache", "softmax_forward", "softmax_backward"]
+__all__ = ["SoftmaxCache", "softmax_backward", "softmax_forward"]
 
 
 class SoftmaxCache(NamedTuple):
