@@ -43,6 +43,24 @@ def _check_count(name, value, low):
     return int(value)
 
 
+def _bmm(a, b):
+    """Batched matrix product over the leading axes: (..., M, K) @ (..., K, N) -> (..., M, N).
+
+    The same as ``a @ b``, computed as one 2-D BLAS call (``np.dot``) per leading index.
+    NumPy's stacked matmul (and 2-D ``np.matmul`` with ``out=``) took a slow non-BLAS path
+    here for the transposed and strided views attention feeds it (kᵀ, and the heads of a
+    (B, T, C) array): measured ~1.5 s against ~60 ms for (16, 4, 256, 64) @ (16, 4, 64, 256)
+    float32.
+    """
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
+    a = np.broadcast_to(a, lead + a.shape[-2:])
+    b = np.broadcast_to(b, lead + b.shape[-2:])
+    for idx in np.ndindex(*lead):
+        np.dot(a[idx], b[idx], out=out[idx])
+    return out
+
+
 def causal_mask(t_q, t_k=None):
     """The causal mask: query i may attend to key j iff j <= i.
 
@@ -115,7 +133,7 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
 
     scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
     # 1. scores
-    s = q @ k.swapaxes(-1, -2)  # (..., Tq, D) @ (..., D, Tk) -> (..., Tq, Tk)
+    s = _bmm(q, k.swapaxes(-1, -2))  # (..., Tq, D) @ (..., D, Tk) -> (..., Tq, Tk)
     s *= scale
     # 2. masked entries leave the softmax: exp(−∞) = 0
     if mask is not None:
@@ -131,7 +149,7 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     # 4. dropout on the probabilities
     p_drop, dcache = _dropout(p, dropout_p, rng, bool(training))  # (..., Tq, Tk)
     # 5. weighted sum of the values
-    out = p_drop @ v  # (..., Tq, Tk) @ (..., Tk, Dv) -> (..., Tq, Dv)
+    out = _bmm(p_drop, v)  # (..., Tq, Tk) @ (..., Tk, Dv) -> (..., Tq, Dv)
     return out, AttentionCache(q, k, v, p, dcache, scale)
 
 
@@ -157,8 +175,8 @@ def attention_backward(dout, cache):
 
     # 5. out = p̃ v
     p_drop = _dropout_grad(p, dcache)  # p̃ again: dropout is elementwise, the same mask
-    dv = p_drop.swapaxes(-1, -2) @ dout  # (..., Tk, Tq) @ (..., Tq, Dv) -> (..., Tk, Dv)
-    dp = dout @ v.swapaxes(-1, -2)  # (..., Tq, Dv) @ (..., Dv, Tk) -> (..., Tq, Tk)
+    dv = _bmm(p_drop.swapaxes(-1, -2), dout)  # (..., Tk, Tq) @ (..., Tq, Dv) -> (..., Tk, Dv)
+    dp = _bmm(dout, v.swapaxes(-1, -2))  # (..., Tq, Dv) @ (..., Dv, Tk) -> (..., Tq, Tk)
     # 4. p̃ = dropout(p)
     dp = _dropout_grad(dp, dcache)
     # 3. p = softmax(s): ds = p ⊙ (dp − Σ_j dp_j p_j); 2. masked entries: p = 0 ⇒ ds = 0
@@ -168,8 +186,8 @@ def attention_backward(dout, cache):
     ds *= p
     # 1. s = q kᵀ · scale
     ds *= scale
-    dq = ds @ k  # (..., Tq, Tk) @ (..., Tk, D) -> (..., Tq, D)
-    dk = ds.swapaxes(-1, -2) @ q  # (..., Tk, Tq) @ (..., Tq, D) -> (..., Tk, D)
+    dq = _bmm(ds, k)  # (..., Tq, Tk) @ (..., Tk, D) -> (..., Tq, D)
+    dk = _bmm(ds.swapaxes(-1, -2), q)  # (..., Tk, Tq) @ (..., Tq, D) -> (..., Tk, D)
     return dq, dk, dv
 
 

@@ -1,0 +1,246 @@
+"""Sparse attention against dense attention: refsparse's kernels, dense NumPy, torch SDPA.
+
+Setting: batch 1, 8 heads, d_head 64, T ∈ {512, …, 16384}, float32 and float64.
+
+- refsparse: ``sparse_attention_forward``/``_backward`` over a causal local window of 128
+  (``local:window=128``) and over Child et al.'s strided pattern with stride ≈ √T;
+- numpy: the dense masked twin (``refsparse.functional.attention_forward``) with the
+  window mask, while its T × T matrices fit in memory;
+- torch: ``scaled_dot_product_attention(is_causal=True)`` — dense causal attention.
+
+Each library runs in its own process, warms up, and reports the median of repeats, for the
+forward alone and for forward + backward. Memory: the peak of what the sparse path
+allocates beyond its inputs and outputs (tracemalloc; the Numba kernels allocate nothing
+themselves), against one dense T × T float32 matrix. Also prints the exponent k of a fit
+time ∝ T^k from T = 2048 to 16384 at the fixed window. Before timing, the kernels are
+checked against the dense twin at T = 256.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/attention.py
+
+Prints a markdown table; writes bench/results/attention.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import environment, markdown_table, peak_rss_mb, run_worker, warn_openblas_env, write_json  # noqa: E402
+
+H, D, WINDOW = 8, 64, 128
+T_ALL = [512, 1024, 2048, 4096, 8192, 16384]
+
+
+def _repeats(T):
+    return 5 if T <= 2048 else 3
+
+
+def _time(fn, repeats):
+    fn()  # warm-up (and compilation at the first call)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def _inputs(T, dtype):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((1, H, T, D)).astype(dtype) for _ in range(4)]
+
+
+def _patterns(T):
+    from refsparse import patterns as P
+
+    stride = max(1, round(math.sqrt(T)))
+    return {"local:window=128": P.local(T, WINDOW), f"strided:stride={stride}": P.strided(T, stride)}
+
+
+def check_against_twin():
+    """The kernels must equal the dense masked twin before anything is timed."""
+    import numpy as np
+
+    from refsparse import functional as F
+    from refsparse.functional.sparse_attention import sparse_attention_backward, sparse_attention_forward
+
+    worst = 0.0
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        q, k, v, g = _inputs(256, dtype)
+        for name, pat in _patterns(256).items():
+            out, cache = sparse_attention_forward(q, k, v, pat)
+            out_d, cache_d = F.attention_forward(q, k, v, pat.toarray())
+            pairs = [(out, out_d)] + list(zip(sparse_attention_backward(g, cache), F.attention_backward(g, cache_d)))
+            for a, b in pairs:
+                err = float(np.abs(a - b).max() / np.abs(b).max())
+                worst = max(worst, err) if dtype == np.float64 else worst
+                if err > tol:
+                    raise SystemExit(f"kernel differs from the dense twin ({name}, {dtype.__name__}): {err:.2e}")
+    return worst
+
+
+def worker_refsparse(dtype, Ts):
+    import tracemalloc
+
+    from refsparse.functional.sparse_attention import (
+        prepare_pattern,
+        sparse_attention_backward,
+        sparse_attention_forward,
+    )
+
+    rows = []
+    for T in Ts:
+        q, k, v, g = _inputs(T, dtype)
+        for name, pat in _patterns(T).items():
+            pp = prepare_pattern(pat)  # once per pattern, as a module does
+            fwd = _time(lambda: sparse_attention_forward(q, k, v, pp), _repeats(T))
+
+            def fb():
+                out, cache = sparse_attention_forward(q, k, v, pp)
+                return sparse_attention_backward(g, cache)
+
+            both = _time(fb, _repeats(T))
+            io_bytes = 4 * q.nbytes  # q, k, v, out — plus dq, dk, dv below
+            tracemalloc.start()
+            grads = fb()
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            del grads
+            extra = peak - 4 * q.nbytes  # out, dq, dk, dv are the outputs; the rest is extra
+            rows.append({"T": T, "pattern": name, "nnz_per_head": pp.nnz, "fwd_ms": fwd, "fwd_bwd_ms": both,
+                         "extra_mb": extra / 2**20, "dense_TxT_f32_mb": 4 * T * T / 2**20,
+                         "io_mb": io_bytes / 2**20})
+            print(f"refsparse {dtype} T={T} {name}: {fwd:.1f} / {both:.1f} ms", file=sys.stderr)
+    return rows
+
+
+def worker_numpy(dtype, Ts):
+    import numpy as np
+
+    from refsparse import functional as F
+
+    rows = []
+    for T in Ts:
+        itemsize = np.dtype(dtype).itemsize
+        if 4 * H * T * T * itemsize > 6 * 2**30:  # the twin holds ~4 T×T arrays per head
+            continue
+        q, k, v, g = _inputs(T, dtype)
+        mask = _patterns(T)["local:window=128"].toarray()
+        fwd = _time(lambda: F.attention_forward(q, k, v, mask), _repeats(T))
+
+        def fb():
+            out, cache = F.attention_forward(q, k, v, mask)
+            return F.attention_backward(g, cache)
+
+        both = _time(fb, _repeats(T))
+        rows.append({"T": T, "pattern": "dense mask, window 128", "fwd_ms": fwd, "fwd_bwd_ms": both})
+        print(f"numpy {dtype} T={T}: {fwd:.1f} / {both:.1f} ms", file=sys.stderr)
+    return rows
+
+
+def worker_torch(dtype, Ts):
+    import torch
+
+    rows = []
+    tdtype = getattr(torch, dtype)
+    for T in Ts:
+        torch.manual_seed(0)
+        q, k, v, g = (torch.randn(1, H, T, D, dtype=tdtype) for _ in range(4))
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        with torch.no_grad():
+            fwd = _time(lambda: sdpa(q, k, v, is_causal=True), _repeats(T))
+        qr, kr, vr = (x.clone().requires_grad_(True) for x in (q, k, v))
+
+        def fb():
+            out = sdpa(qr, kr, vr, is_causal=True)
+            out.backward(g)
+
+        before = peak_rss_mb()
+        both = _time(fb, _repeats(T))
+        rows.append({"T": T, "pattern": "SDPA is_causal (dense)", "fwd_ms": fwd, "fwd_bwd_ms": both,
+                     "rss_growth_mb": peak_rss_mb() - before})
+        print(f"torch {dtype} T={T}: {fwd:.1f} / {both:.1f} ms", file=sys.stderr)
+    return rows, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def fit_exponent(points):
+    import numpy as np
+
+    x = np.log([p[0] for p in points])
+    y = np.log([p[1] for p in points])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--T", type=int, nargs="+", default=T_ALL)
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    p.add_argument("--libs", nargs="+", default=["refsparse", "numpy", "torch"])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--json", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        extra = {}
+        if args.worker == "refsparse":
+            rows = worker_refsparse(args.dtype, args.T)
+        elif args.worker == "numpy":
+            rows = worker_numpy(args.dtype, args.T)
+        else:
+            rows, extra = worker_torch(args.dtype, args.T)
+        with open(args.json, "w") as f:
+            json.dump({"lib": args.worker, "dtype": args.dtype, "rows": rows, "env": environment(), **extra}, f)
+        return
+
+    warn_openblas_env()
+    worst = check_against_twin()
+    print(f"kernels = dense twin at T=256 (float64 max rel err {worst:.1e})\n")
+    results = []
+    for dtype in args.dtypes:
+        for lib in args.libs:
+            results.append(run_worker(__file__, [lib, "--dtype", dtype, "--T", *map(str, args.T)]))
+
+    table, summary = [], {}
+    for dtype in args.dtypes:
+        by = {r["lib"]: r for r in results if r["dtype"] == dtype}
+        torch_rows = {row["T"]: row for row in by.get("torch", {"rows": []})["rows"]}
+        numpy_rows = {row["T"]: row for row in by.get("numpy", {"rows": []})["rows"]}
+        for row in by.get("refsparse", {"rows": []})["rows"]:
+            T = row["T"]
+            t_row, n_row = torch_rows.get(T), numpy_rows.get(T)
+            table.append([
+                dtype, T, row["pattern"], f"{row['fwd_ms']:.1f}", f"{row['fwd_bwd_ms']:.1f}",
+                f"{n_row['fwd_bwd_ms']:.1f}" if n_row else "—",
+                f"{t_row['fwd_bwd_ms']:.1f}" if t_row else "—",
+                f"{t_row['fwd_bwd_ms'] / row['fwd_bwd_ms']:.1f}×" if t_row else "—",
+                f"{row['extra_mb']:.1f} ({100 * row['extra_mb'] / row['dense_TxT_f32_mb']:.2f}%)",
+            ])
+        local = [(r["T"], r["fwd_bwd_ms"]) for r in by.get("refsparse", {"rows": []})["rows"]
+                 if r["pattern"].startswith("local") and 2048 <= r["T"] <= 16384]
+        if len(local) >= 2:
+            summary[dtype] = {"fitted_exponent_local_2048_16384": fit_exponent(local)}
+    print(f"Attention, batch 1, {H} heads, d_head {D}: median ms; speed-up = torch fwd+bwd / refsparse "
+          "fwd+bwd; extra memory = peak allocation of refsparse fwd+bwd beyond inputs and outputs, "
+          "and its share of one dense T×T float32 matrix.\n")
+    print(markdown_table(["dtype", "T", "refsparse pattern", "fwd ms", "fwd+bwd ms",
+                          "numpy dense fwd+bwd ms", "torch SDPA causal fwd+bwd ms", "speed-up vs torch",
+                          "extra memory MB"], table))
+    for dtype, s in summary.items():
+        print(f"\n{dtype}: time ∝ T^{s['fitted_exponent_local_2048_16384']:.2f} for the window-128 pattern "
+              "(fit from T = 2048 to 16384)")
+    print(f"\nnumpy BLAS: {results[0]['env'].get('blas')}")
+    path = write_json("attention.json", {"H": H, "D": D, "window": WINDOW, "results": results,
+                                         "summary": summary, "twin_max_rel_err_f64": worst})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
