@@ -636,6 +636,31 @@ def with_padding(pattern, lengths):
     return [pad(p, int(n)) for n in arr]
 
 
+def mask_keys(pattern, key_padding_mask):
+    """Key padding given as a boolean mask, True = padded (torch ``key_padding_mask``'s convention).
+
+        out[b] = {(i, j) ∈ pattern : not key_padding_mask[b, j]}
+
+    key_padding_mask : bool (B, Tk). Returns a list of B patterns (of B per-head lists when
+    ``pattern`` is per-head), like :func:`with_padding`, which takes lengths instead. Rows can
+    become empty; their attention output is zero, with zero gradients.
+    """
+    p = _check_any("pattern", pattern)
+    t_k = (p[0] if isinstance(p, list) else p).shape[1]
+    m = np.asarray(key_padding_mask)
+    if m.dtype != np.bool_:
+        raise TypeError(f"key_padding_mask: expected dtype bool, got {m.dtype}")
+    if m.ndim != 2 or m.shape[1] != t_k:
+        raise ValueError(f"key_padding_mask: expected shape (B, {t_k}), got {m.shape}")
+
+    def drop(ph, padded):
+        return _keep(ph, ~padded[ph.indices])
+
+    if isinstance(p, list):
+        return [[drop(ph, row) for ph in p] for row in m]
+    return [drop(p, row) for row in m]
+
+
 def as_pattern(x):
     """Any 2-D boolean ndarray or scipy sparse array/matrix -> a canonical pattern.
 

@@ -715,3 +715,25 @@ def test_long_sequence_without_dense():
     pads = P.with_padding(p, [t, t // 2])
     # queries < T/2 keep their windows; queries T/2 + m (m < w − 1) keep w − 1 − m keys below T/2
     assert pads[1].nnz == ((t // 2) * w - w * (w - 1) // 2) + w * (w - 1) // 2
+
+
+def test_mask_keys_drops_padded_keys_per_batch_element():
+    import numpy as np
+
+    from refsparse import patterns as P
+
+    rng = np.random.default_rng(0)
+    pat = P.local(9, 4, causal=False)
+    kpm = rng.random((3, 9)) < 0.4
+    out = P.mask_keys(pat, kpm)
+    assert len(out) == 3
+    for b in range(3):
+        expected = pat.toarray() & ~kpm[b][None, :]
+        assert np.array_equal(out[b].toarray(), expected)
+        assert out[b].has_canonical_format and out[b].dtype == bool
+    per_head = P.mask_keys([pat, P.causal(9)], kpm)
+    assert np.array_equal(per_head[1][1].toarray(), P.causal(9).toarray() & ~kpm[1][None, :])
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        P.mask_keys(pat, kpm[:, :5])
+    with pytest.raises(TypeError, match="key_padding_mask"):
+        P.mask_keys(pat, kpm.astype(int))
