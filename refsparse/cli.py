@@ -69,7 +69,7 @@ def _build_train_config(args):
     if task != "lm":
         values = {**TASK_DEFAULTS, **values}
     values["task"] = task
-    for key in ("text", "dtype", "seed", "steps", "name", "out_dir"):
+    for key in ("text", "dtype", "seed", "steps", "name", "out_dir", "attention"):
         v = getattr(args, key, None)
         if v is not None:
             values[key] = v
@@ -235,6 +235,10 @@ def build_parser():
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one setting, e.g. --set d_model=64 (repeatable)")
     t.add_argument("--dtype", choices=["float32", "float64"], help="parameter precision (default float32)")
+    t.add_argument("--attention", metavar="SPEC",
+                   help="sparse attention pattern, e.g. local:window=64, strided:stride=16, "
+                        "fixed:block=16,c=2, bigbird:block=16 (default full: dense attention; "
+                        "see refsparse patterns --help)")
     t.add_argument("--seed", type=int, help="seed for weights, dropout and batches (default 0)")
     t.add_argument("--steps", type=int, help="number of training steps")
     t.add_argument("--name", help="run name: files go to OUT_DIR/NAME/ (default TASK-SEED)")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from . import functional as F
-from ._checks import check_dtype_name, check_int
+from ._checks import check_bool, check_dtype_name, check_float, check_int, check_shape
 from .nn import (
     DecoderLayer,
     Dropout,
@@ -37,15 +37,81 @@ def _check_config(cfg):
         v = getattr(cfg, f.name)
         if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
             raise ValueError(f"{f.name}: expected a positive integer, got {v!r}")
+        if f.type in ("bool", bool) and not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{f.name}: expected True or False, got {v!r}")
     if cfg.d_model % cfg.n_heads:
         raise ValueError(f"n_heads: expected a divisor of d_model={cfg.d_model}, got {cfg.n_heads}")
+    if isinstance(cfg.dropout, bool) or not isinstance(cfg.dropout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"dropout: expected a float in [0, 1), got {cfg.dropout!r}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout: expected a probability in [0, 1), got {cfg.dropout!r}")
+    eps = cfg.layer_norm_eps
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"layer_norm_eps: expected a positive number, got {eps!r}")
+    if not eps > 0:
+        raise ValueError(f"layer_norm_eps: expected a positive number, got {eps!r}")
     if cfg.activation not in ("relu", "gelu", "gelu_tanh"):
         raise ValueError(f"activation: expected 'relu', 'gelu' or 'gelu_tanh', got {cfg.activation!r}")
     if cfg.positional not in ("sinusoidal", "learned"):
         raise ValueError(f"positional: expected 'sinusoidal' or 'learned', got {cfg.positional!r}")
     check_dtype_name("dtype", cfg.dtype)
+    _attention_specs(cfg, getattr(cfg, "n_layers", None) or max(cfg.n_encoder_layers, cfg.n_decoder_layers))
+    pad_id = getattr(cfg, "pad_id", None)
+    if pad_id is not None:
+        vocab = min(cfg.src_vocab_size, cfg.tgt_vocab_size)
+        if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
+            raise TypeError(f"pad_id: expected None or an int, got {pad_id!r}")
+        if not 0 <= pad_id < vocab:
+            raise ValueError(f"pad_id: expected None or an id in [0, {vocab}) (both vocabularies), "
+                             f"got {pad_id!r}")
+
+
+def _attention_specs(cfg, n_layers):
+    """The per-layer list of attention specs of a config, validated (names and keys)."""
+    from . import patterns as P
+
+    spec = cfg.attention
+    specs = [spec] * n_layers if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple)) else None
+    if specs is None or not all(isinstance(s, str) for s in specs):
+        raise TypeError(f"attention: expected a pattern spec string or a list of them, got {spec!r}")
+    if len(specs) != n_layers:
+        raise ValueError(f"attention: expected one spec for all layers or {n_layers} specs, got {len(specs)}")
+    for s in specs:
+        if s != "full":
+            P.parse_spec(s)  # raises ValueError naming what is wrong
+    return specs
+
+
+class _Patterns:
+    """Builds (and caches, per sequence length) each layer's attention pattern from its spec."""
+
+    def __init__(self, specs, causal):
+        self.specs = specs
+        self.causal = causal
+        self._cache = {}
+
+    def __call__(self, layer, t):
+        spec = self.specs[layer]
+        if spec == "full":
+            return None  # dense attention
+        key = (spec, t)
+        if key not in self._cache:
+            from . import patterns as P
+
+            p = P.parse(spec, t)
+            self._cache[key] = P.causal_only(p) if self.causal else p
+        return self._cache[key]
+
+
+def _check_length(name, ids, max_len):
+    if ids.shape[1] > max_len:
+        raise ValueError(f"{name}: expected at most max_len={max_len} positions, got shape {ids.shape}")
+
+
+def _check_padding_mask(name, mask, ids):
+    if mask is not None:
+        check_bool(name, mask)
+        check_shape(name, mask, ids.shape)
 
 
 def _config_from_dict(cls, d):
@@ -112,6 +178,11 @@ class TransformerConfig:
     pad_id: int | None = None  # if set, ids equal to it are masked as keys and ignored by the loss
     layer_norm_eps: float = 1e-5
     dtype: str = "float64"  # "float64" (reference) or "float32"
+    # self-attention pattern spec (refsparse.patterns.parse): "full" is dense attention; any
+    # other spec, e.g. "local:window=64", runs the sparse kernels. One spec for all layers, or
+    # a list with one per layer. Encoder and decoder take the same; the decoder's is made
+    # causal. Cross-attention stays dense.
+    attention: str | list = "full"
 
     def to_dict(self):
         return asdict(self)
@@ -159,6 +230,9 @@ class Transformer(Module):
             DecoderLayer(*layer_args, rng=rng, dtype=dtype) for _ in range(c.n_decoder_layers)
         )
         self.decoder_norm = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype)
+        n = max(c.n_encoder_layers, c.n_decoder_layers)
+        object.__setattr__(self, "_enc_patterns", _Patterns(_attention_specs(c, n), causal=False))
+        object.__setattr__(self, "_dec_patterns", _Patterns(_attention_specs(c, n), causal=True))
         self.head = _OutputHead(c.d_model, c.tgt_vocab_size,
                                 self.tgt_embed if c.tie_embeddings else None, rng=rng, dtype=dtype)
         self._masks = None
@@ -171,25 +245,42 @@ class Transformer(Module):
     def encode(self, src, src_key_padding_mask=None):
         """src (B, S) ids -> memory (B, S, C)."""
         check_int("src", src, ndim=2, low=0, high=self.config.src_vocab_size)
+        _check_length("src", src, self.config.max_len)
+        _check_padding_mask("src_key_padding_mask", src_key_padding_mask, src)
         kpm = self._padding(src, src_key_padding_mask)
         x = self.src_embed.forward(src) * self.embed_scale  # (B, S, C)
         x = self.src_dropout.forward(self.src_pos.forward(x))
-        for layer in self.encoder:
-            x = layer.forward(x, key_padding_mask=kpm)
+        for i, layer in enumerate(self.encoder):
+            x = layer.forward(x, key_padding_mask=kpm, pattern=self._enc_patterns(i, x.shape[1]))
         return self.encoder_norm.forward(x)
 
     def decode(self, tgt, memory, src_key_padding_mask=None, tgt_key_padding_mask=None):
         """tgt (B, T) ids and memory (B, S, C) -> logits (B, T, V)."""
         check_int("tgt", tgt, ndim=2, low=0, high=self.config.tgt_vocab_size)
+        _check_length("tgt", tgt, self.config.max_len)
+        _check_padding_mask("tgt_key_padding_mask", tgt_key_padding_mask, tgt)
+        check_float("memory", memory, ndim=3)
+        if memory.shape[0] != tgt.shape[0] or memory.shape[2] != self.config.d_model:
+            raise ValueError(f"memory: expected shape ({tgt.shape[0]}, *, {self.config.d_model}) "
+                             f"(the batch of tgt), got {memory.shape}")
+        if src_key_padding_mask is not None:
+            check_bool("src_key_padding_mask", src_key_padding_mask)
+            check_shape("src_key_padding_mask", src_key_padding_mask, memory.shape[:2])
         kpm = self._padding(tgt, tgt_key_padding_mask)
         y = self.tgt_embed.forward(tgt) * self.embed_scale  # (B, T, C)
         y = self.tgt_dropout.forward(self.tgt_pos.forward(y))
-        for layer in self.decoder:
+        for i, layer in enumerate(self.decoder):
             y = layer.forward(y, memory, causal=True, tgt_key_padding_mask=kpm,
-                              memory_key_padding_mask=src_key_padding_mask)
+                              memory_key_padding_mask=src_key_padding_mask,
+                              tgt_pattern=self._dec_patterns(i, y.shape[1]))
         return self.head.forward(self.decoder_norm.forward(y))
 
     def forward(self, src, tgt, src_key_padding_mask=None, tgt_key_padding_mask=None):
+        check_int("src", src, ndim=2)
+        check_int("tgt", tgt, ndim=2)
+        if tgt.shape[0] != src.shape[0]:
+            raise ValueError(f"tgt: expected batch size {src.shape[0]} (that of src {src.shape}), "
+                             f"got shape {tgt.shape}")
         src_kpm = self._padding(src, src_key_padding_mask)
         memory = self.encode(src, src_kpm)
         return self.decode(tgt, memory, src_kpm, tgt_key_padding_mask)
@@ -248,6 +339,11 @@ class DecoderLMConfig:
     tie_embeddings: bool = True  # the output head reuses the token embedding (GPT-2)
     layer_norm_eps: float = 1e-5
     dtype: str = "float64"  # "float64" (reference) or "float32"
+    # attention pattern spec (refsparse.patterns.parse), made causal: "full" is dense causal
+    # attention (BLAS); "causal" the same function through the sparse kernels; e.g.
+    # "local:window=64", "strided:stride=16", "fixed:block=16,c=2". One spec for all layers,
+    # or a list with one per layer.
+    attention: str | list = "full"
 
     def to_dict(self):
         return asdict(self)
@@ -282,6 +378,7 @@ class DecoderLM(Module):
             for _ in range(c.n_layers)
         )
         self.norm_f = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype)
+        object.__setattr__(self, "_patterns", _Patterns(_attention_specs(c, c.n_layers), causal=True))
         self.head = _OutputHead(c.d_model, c.vocab_size, self.tok_embed if c.tie_embeddings else None,
                                 rng=rng, dtype=dtype)
 
@@ -292,8 +389,9 @@ class DecoderLM(Module):
                              f"got shape {ids.shape}")
         x = self.tok_embed.forward(ids)  # (B, T, C)
         x = self.dropout.forward(self.pos_embed.forward(x))
-        for block in self.blocks:
-            x = block.forward(x, causal=True)
+        for i, block in enumerate(self.blocks):
+            # pattern None: dense causal attention; else the sparse kernels on its entries
+            x = block.forward(x, causal=True, pattern=self._patterns(i, x.shape[1]))
         return self.head.forward(self.norm_f.forward(x))  # (B, T, V)
 
     def backward(self, dlogits):

@@ -53,6 +53,7 @@ class TrainConfig:
     activation: str = "gelu"
     norm_first: bool = True  # pre-LN trains more easily at high learning rates
     dtype: str = "float32"
+    attention: str = "full"  # attention pattern spec: "full" (dense) or e.g. "local:window=64"
     # optimisation
     steps: int = 1000
     batch_size: int = 32
@@ -107,7 +108,7 @@ def _lm_config(cfg, vocab_size):
     return DecoderLMConfig(
         vocab_size=vocab_size, d_model=cfg.d_model, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
         d_ff=cfg.d_ff, max_len=cfg.seq_len, dropout=cfg.dropout, activation=cfg.activation,
-        norm_first=cfg.norm_first, dtype=cfg.dtype,
+        norm_first=cfg.norm_first, dtype=cfg.dtype, attention=cfg.attention,
     )
 
 
@@ -116,7 +117,7 @@ def _seq2seq_config(cfg, task):
         src_vocab_size=task.vocab_size, tgt_vocab_size=task.vocab_size, d_model=cfg.d_model,
         n_heads=cfg.n_heads, n_encoder_layers=cfg.n_layers, n_decoder_layers=cfg.n_layers,
         d_ff=cfg.d_ff, dropout=cfg.dropout, activation=cfg.activation, norm_first=cfg.norm_first,
-        max_len=task.max_tgt_len, pad_id=D.PAD, dtype=cfg.dtype,
+        max_len=task.max_tgt_len, pad_id=D.PAD, dtype=cfg.dtype, attention=cfg.attention,
     )
 
 

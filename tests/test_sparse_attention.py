@@ -22,7 +22,10 @@ from refsparse.gradcheck import check_op
 
 
 def rel_err(mine, theirs):
-    scale = max(np.abs(theirs).max(initial=0.0), np.abs(mine).max(initial=0.0))
+    # relative to the tensor's largest entry; inputs are O(1), so a tensor whose true value is
+    # 0 (dk when every row has a single key: p = 1, ds = 0) is measured against 1, not
+    # against its own rounding noise
+    scale = max(np.abs(theirs).max(initial=0.0), np.abs(mine).max(initial=0.0), 1.0)
     err = np.abs(np.asarray(mine, np.float64) - np.asarray(theirs, np.float64)).max(initial=0.0)
     return err / scale if scale > 0 else err
 
@@ -208,3 +211,95 @@ def test_equals_torch_sdpa_with_the_same_mask(dtype, tol):
     assert_close("out", out, tout.detach().numpy(), tol)
     for name, mine, t in zip(("dq", "dk", "dv"), grads, (tq, tk, tv)):
         assert_close(name, mine, t.grad.numpy(), tol)
+
+
+# -- modules and models with a pattern ---------------------------------------------------
+
+
+def test_mha_pattern_path_equals_dense_mask_path():
+    from refsparse import patterns as P
+    from refsparse.nn import MultiHeadAttention
+
+    rng = np.random.default_rng(8)
+    mha = MultiHeadAttention(12, 3, rng=rng)
+    x = rng.standard_normal((2, 9, 12))
+    kpm = np.zeros((2, 9), bool)
+    kpm[1, 6:] = True
+    pat = P.local(9, 4, causal=False)
+    g = rng.standard_normal((2, 9, 12))
+    # dense path: the same set of allowed keys as an attn_mask (True = allowed)
+    y_dense = mha.forward(x, causal=True, key_padding_mask=kpm, attn_mask=pat.toarray())
+    mha.zero_grad()
+    dx_dense = mha.backward(g)
+    grads_dense = {n: p.grad.copy() for n, p in mha.parameters()}
+    y_sparse = mha.forward(x, causal=True, key_padding_mask=kpm, pattern=pat)
+    mha.zero_grad()
+    dx_sparse = mha.backward(g)
+    assert_close("y", y_sparse, y_dense, 1e-12)
+    assert_close("dx", dx_sparse, dx_dense, 1e-12)
+    for n, p in mha.parameters():
+        assert_close(n, p.grad, grads_dense[n], 1e-12)
+
+
+def test_mha_pattern_rejects_attn_mask_and_dropout():
+    from refsparse import patterns as P
+    from refsparse.nn import MultiHeadAttention
+
+    x = np.zeros((1, 4, 4))
+    mha = MultiHeadAttention(4, 2, dropout=0.1)
+    with pytest.raises(ValueError, match="dropout"):
+        mha.forward(x, pattern=P.full(4))
+    mha.eval()
+    mha.forward(x, pattern=P.full(4))  # eval: no dropout, fine
+    with pytest.raises(ValueError, match="attn_mask"):
+        mha.forward(x, pattern=P.full(4), attn_mask=np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="pattern|p:"):
+        mha.forward(x, pattern=P.full(5))
+
+
+@pytest.mark.parametrize("attention", ["causal", "local:window=3", ["strided:stride=2", "fixed:block=3,c=1"]])
+def test_decoder_lm_with_patterns_gradchecks(attention):
+    from refsparse.models import DecoderLM, DecoderLMConfig
+
+    cfg = DecoderLMConfig(vocab_size=11, d_model=8, n_heads=2, n_layers=2, d_ff=16, max_len=8,
+                          attention=attention)
+    model = DecoderLM(cfg, rng=np.random.default_rng(0))
+    ids = np.random.default_rng(1).integers(0, 11, (2, 8))
+    from refsparse.gradcheck import check_module
+
+    check_module(model, ids, max_entries=24).raise_if_failed()
+
+
+def test_decoder_lm_causal_pattern_equals_dense():
+    from refsparse.models import DecoderLM, DecoderLMConfig
+
+    ids = np.random.default_rng(1).integers(0, 11, (2, 8))
+    outs = []
+    for attention in ("full", "causal"):
+        cfg = DecoderLMConfig(vocab_size=11, d_model=8, n_heads=2, n_layers=2, d_ff=16, max_len=8,
+                              attention=attention)
+        outs.append(DecoderLM(cfg, rng=np.random.default_rng(0)).forward(ids))
+    assert_close("logits", outs[1], outs[0], 1e-12)
+
+
+def test_transformer_with_pattern_gradchecks():
+    from refsparse.gradcheck import check_module
+    from refsparse.models import Transformer, TransformerConfig
+
+    cfg = TransformerConfig(src_vocab_size=7, tgt_vocab_size=9, d_model=8, n_heads=2, n_encoder_layers=1,
+                            n_decoder_layers=1, d_ff=16, max_len=8, dropout=0.0, pad_id=0,
+                            attention="local:window=2,causal=false")
+    model = Transformer(cfg, rng=np.random.default_rng(2))
+    rng = np.random.default_rng(3)
+    src, tgt = rng.integers(1, 7, (2, 6)), rng.integers(1, 9, (2, 5))
+    src[0, 4:] = 0
+    check_module(model, src, tgt, max_entries=16).raise_if_failed()
+
+
+def test_bad_attention_spec_is_named():
+    from refsparse.models import DecoderLM, DecoderLMConfig
+
+    with pytest.raises(ValueError, match="nope"):
+        DecoderLM(DecoderLMConfig(attention="nope:x=1"))
+    with pytest.raises(ValueError, match="attention"):
+        DecoderLM(DecoderLMConfig(n_layers=2, attention=["full"] * 3))

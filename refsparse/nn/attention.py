@@ -12,7 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .. import patterns as P
+from ..functional.sparse_attention import (
+    PreparedPattern,
+    SparseAttentionCache,
+    prepare_pattern,
+    sparse_attention_backward,
+    sparse_attention_forward,
+)
 from .._checks import check_bool, check_float, check_same_dtype, check_shape
+from ..functional.dropout import check_probability
 from .layers import Linear, _check_positive_int, _default_rng
 from .module import Module
 
@@ -69,11 +78,9 @@ class MultiHeadAttention(Module):
         n_heads = _check_positive_int("n_heads", n_heads)
         if d_model % n_heads:
             raise ValueError(f"n_heads: expected a divisor of d_model={d_model}, got {n_heads}")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1], got {dropout!r}")
         rng = _default_rng(rng)
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
-        self.dropout = float(dropout)
+        self.dropout = check_probability("dropout", dropout)
         self.rng = rng
         self.q_proj = Linear(d_model, d_model, bias, rng=rng, dtype=dtype)
         self.k_proj = Linear(d_model, d_model, bias, rng=rng, dtype=dtype)
@@ -81,10 +88,17 @@ class MultiHeadAttention(Module):
         self.out_proj = Linear(d_model, d_model, bias, rng=rng, dtype=dtype)
         self._cache = None
 
-    def forward(self, x, kv=None, *, causal=False, key_padding_mask=None, attn_mask=None):
+    def forward(self, x, kv=None, *, causal=False, key_padding_mask=None, attn_mask=None,
+                pattern=None):
         """Attend from ``x`` (B, T_q, C) to ``kv`` (B, T_k, C); ``kv=None`` is self-attention.
 
         Returns (B, T_q, C). See :func:`build_attention_mask` for the three masks.
+
+        ``pattern`` — a sparse attention pattern (a CSR boolean (T_q, T_k) array, or a
+        per-head list; see :mod:`refsparse.patterns`) — computes attention only at the
+        pattern's entries with the Numba kernels (O(nnz) time and memory). It combines
+        with ``causal`` (intersection) and ``key_padding_mask`` (padded keys removed per
+        batch element), not with ``attn_mask``; attention dropout must then be 0.
         """
         check_float("x", x, ndim=3)
         if x.shape[-1] != self.d_model:
@@ -101,18 +115,29 @@ class MultiHeadAttention(Module):
         src = x if is_self else kv
         B, Tq, _ = x.shape
         Tk = src.shape[1]
-        mask = build_attention_mask(
-            B, Tq, Tk, causal=causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask
-        )
+        if pattern is None:
+            mask = build_attention_mask(
+                B, Tq, Tk, causal=causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask
+            )
+        else:
+            if attn_mask is not None:
+                raise ValueError("attn_mask: give either attn_mask or pattern, not both")
+            if self.dropout > 0 and self.training:
+                raise ValueError(f"pattern: sparse attention has no attention dropout; this layer "
+                                 f"has dropout={self.dropout} (set it to 0 or call eval())")
+            pp = self._prepared(pattern, B, Tq, Tk, causal, key_padding_mask)
 
         # 1. project, then split the width into heads: (B, T, C) -> (B, H, T, D)
         q, _ = F.split_heads_forward(self.q_proj.forward(x), self.n_heads)
         k, _ = F.split_heads_forward(self.k_proj.forward(src), self.n_heads)
         v, _ = F.split_heads_forward(self.v_proj.forward(src), self.n_heads)
         # 2. scaled dot-product attention per head: (B, H, T_q, D)
-        ctx, attn_cache = F.attention_forward(
-            q, k, v, mask=mask, dropout_p=self.dropout, rng=self.rng, training=self.training
-        )
+        if pattern is None:
+            ctx, attn_cache = F.attention_forward(
+                q, k, v, mask=mask, dropout_p=self.dropout, rng=self.rng, training=self.training
+            )
+        else:
+            ctx, attn_cache = sparse_attention_forward(q, k, v, pp)
         # 3. merge the heads back and project: (B, H, T_q, D) -> (B, T_q, C)
         merged, _ = F.merge_heads_forward(ctx)
         y = self.out_proj.forward(merged)
@@ -125,7 +150,10 @@ class MultiHeadAttention(Module):
         # 3. (B, T_q, C) -> (B, H, T_q, D)
         dctx = F.merge_heads_backward(self.out_proj.backward(dy), self.n_heads)
         # 2.
-        dq, dk, dv = F.attention_backward(dctx, attn_cache)
+        if isinstance(attn_cache, SparseAttentionCache):
+            dq, dk, dv = sparse_attention_backward(dctx, attn_cache)
+        else:
+            dq, dk, dv = F.attention_backward(dctx, attn_cache)
         # 1. (B, H, T, D) -> (B, T, C), then through the projections
         dx = self.q_proj.backward(F.split_heads_backward(dq, self.n_heads))
         dsrc = self.k_proj.backward(F.split_heads_backward(dk, self.n_heads))
@@ -134,6 +162,35 @@ class MultiHeadAttention(Module):
             dx += dsrc
             return dx
         return dx, dsrc
+
+    def _prepared(self, pattern, batch, t_q, t_k, causal, key_padding_mask):
+        """The pattern in the kernels' layout, causal and padding applied.
+
+        Without padding the result is cached on the module (keyed by the pattern object, the
+        causal flag and the shape), so the transpose is built once per pattern, not per step.
+        """
+        if isinstance(pattern, PreparedPattern):
+            if causal or key_padding_mask is not None:
+                raise ValueError("pattern: a PreparedPattern is used as it is; apply causal and "
+                                 "padding before preparing it")
+            return pattern
+        key = (id(pattern), bool(causal), t_q, t_k)
+        cached = self.__dict__.get("_pattern_cache")
+        if key_padding_mask is None and cached is not None and cached[0] == key and cached[1] is pattern:
+            return cached[2]
+        heads = P.heads(pattern, self.n_heads, shape=(t_q, t_k))
+        base = heads[0] if all(h is heads[0] for h in heads) else heads
+        if causal:
+            base = P.causal_only(base)
+        if key_padding_mask is not None:
+            check_bool("key_padding_mask", key_padding_mask)
+            check_shape("key_padding_mask", key_padding_mask, (batch, t_k))
+            per_batch = P.mask_keys(base, key_padding_mask)
+            grid = [row if isinstance(row, list) else [row] for row in per_batch]
+            return prepare_pattern(grid)
+        pp = prepare_pattern(base)
+        object.__setattr__(self, "_pattern_cache", (key, pattern, pp))
+        return pp
 
     def __repr__(self):
         return f"MultiHeadAttention(d_model={self.d_model}, n_heads={self.n_heads})"

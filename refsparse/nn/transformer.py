@@ -16,6 +16,7 @@ Parameter names mirror ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecod
 
 from __future__ import annotations
 
+from .._checks import check_bool, check_float, check_same_dtype, check_shape
 from .attention import MultiHeadAttention
 from .layers import Activation, Dropout, LayerNorm, Linear, _check_positive_int, _default_rng
 from .module import Module
@@ -58,8 +59,10 @@ class EncoderLayer(Module):
         self.dropout1 = Dropout(dropout, rng=rng)
         self.dropout2 = Dropout(dropout, rng=rng)
 
-    def forward(self, x, *, causal=False, key_padding_mask=None, attn_mask=None):
-        masks = dict(causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+    def forward(self, x, *, causal=False, key_padding_mask=None, attn_mask=None, pattern=None):
+        # pattern: a sparse attention pattern for the self-attention (see MultiHeadAttention)
+        masks = dict(causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                     pattern=pattern)
         if self.norm_first:
             # h = x + Drop(SA(LN1(x)));  y = h + Drop(FF(LN2(h)))
             h = x + self.dropout1.forward(self.self_attn.forward(self.norm1.forward(x), **masks))
@@ -106,8 +109,22 @@ class DecoderLayer(Module):
         self.dropout3 = Dropout(dropout, rng=rng)
 
     def forward(self, x, memory, *, causal=True, tgt_key_padding_mask=None,
-                memory_key_padding_mask=None, tgt_mask=None, memory_mask=None):
-        self_masks = dict(causal=causal, key_padding_mask=tgt_key_padding_mask, attn_mask=tgt_mask)
+                memory_key_padding_mask=None, tgt_mask=None, memory_mask=None, tgt_pattern=None):
+        # checked here so that errors name this layer's arguments, not its attention's
+        check_float("x", x, ndim=3)
+        check_float("memory", memory, ndim=3)
+        check_same_dtype(x=x, memory=memory)
+        (B, T, C), S = x.shape, memory.shape[1]
+        if memory.shape[0] != B or memory.shape[2] != C:
+            raise ValueError(f"memory: expected shape ({B}, *, {C}) to match x {x.shape}, got {memory.shape}")
+        for name, mask, shape in (("tgt_key_padding_mask", tgt_key_padding_mask, (B, T)),
+                                  ("memory_key_padding_mask", memory_key_padding_mask, (B, S)),
+                                  ("tgt_mask", tgt_mask, (T, T)), ("memory_mask", memory_mask, (T, S))):
+            if mask is not None:
+                check_bool(name, mask)
+                check_shape(name, mask, shape)
+        self_masks = dict(causal=causal, key_padding_mask=tgt_key_padding_mask, attn_mask=tgt_mask,
+                          pattern=tgt_pattern)
         cross_masks = dict(key_padding_mask=memory_key_padding_mask, attn_mask=memory_mask)
         sa, ca, ff = self.self_attn, self.cross_attn, self.ff
         if self.norm_first:
