@@ -12,6 +12,7 @@ import numpy as np
 from scipy.special import erfc
 
 from .._checks import check_float
+from ..kernels import activations as K
 from ._common import check_upstream
 
 __all__ = [
@@ -27,6 +28,8 @@ _SQRT1_2 = math.sqrt(0.5)  # 1/√2
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)  # 1/√(2π), the normal density's constant
 _TANH_BETA = math.sqrt(2.0 / math.pi)  # √(2/π)
 _TANH_KAPPA = 0.044715
+# below this many elements the NumPy twin is as fast as starting the parallel kernel
+_KERNEL_MIN_SIZE = 16384
 
 
 # ----------------------------------------------------------------------------------------
@@ -104,6 +107,19 @@ def gelu_forward(x, approximate="none"):
     check_float("x", x)
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    if x.size < _KERNEL_MIN_SIZE:
+        return _gelu_forward_numpy(x, approximate)
+    # the Numba kernels (refsparse/kernels/activations.py): one parallel pass, same formulas
+    xc = np.ascontiguousarray(x)
+    y = np.empty_like(xc)
+    gate = np.empty_like(xc)
+    kernel = K.gelu_exact_fwd if approximate == "none" else K.gelu_tanh_fwd
+    kernel(xc.reshape(-1), y.reshape(-1), gate.reshape(-1))
+    return y, GeluCache(xc, gate, approximate)
+
+
+def _gelu_forward_numpy(x, approximate="none"):
+    """The NumPy twin of the GELU kernels: whole-array operations, scipy's erfc."""
     if approximate == "none":
         gate = erfc(x * -_SQRT1_2)  # scipy's erfc keeps float32 as float32
         gate *= 0.5  # Φ(x) = ½ (1 + erf(x/√2)) = ½ erfc(−x/√2)
@@ -134,6 +150,18 @@ def gelu_backward(dy, cache):
     """
     x, gate, approximate = cache
     check_upstream("dy", dy, x.shape, x.dtype)
+    if x.size < _KERNEL_MIN_SIZE:
+        return _gelu_backward_numpy(dy, cache)
+    dyc = np.ascontiguousarray(dy)
+    dx = np.empty_like(x)
+    kernel = K.gelu_exact_bwd if approximate == "none" else K.gelu_tanh_bwd
+    kernel(x.reshape(-1), gate.reshape(-1), dyc.reshape(-1), dx.reshape(-1))
+    return dx
+
+
+def _gelu_backward_numpy(dy, cache):
+    """The NumPy twin of the GELU backward kernels."""
+    x, gate, approximate = cache
     if approximate == "none":
         d_gate = x * x
         d_gate *= -0.5
