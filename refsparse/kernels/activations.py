@@ -48,7 +48,7 @@ def gelu_exact_bwd(x, gate, dy, dx):
     mhalf = x.dtype.type(-0.5)
     for i in numba.prange(x.size):
         xi = x[i]
-        dx[i] = dy[i] * (gate[i] + xi * (k * math.exp(mhalf * xi * xi)))
+        dx[i] = dy[i] * (gate[i] + xi * (k * np.exp(mhalf * xi * xi)))
 
 
 @numba.njit(parallel=True, cache=True)
@@ -59,7 +59,7 @@ def gelu_tanh_fwd(x, y, gate):
     one = x.dtype.type(1.0)
     for i in numba.prange(x.size):
         xi = x[i]
-        g = one / (one + math.exp(m2b * (xi + kap * xi * xi * xi)))  # exp → inf gives g = 0
+        g = one / (one + np.exp(m2b * (xi + kap * xi * xi * xi)))  # exp → inf gives g = 0
         gate[i] = g
         y[i] = xi * g
 
