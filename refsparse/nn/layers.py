@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from .._checks import check_dtype_name, check_float
+from .._checks import check_dtype_name, check_float, check_same_dtype
+from ..functional.dropout import check_probability
 from .module import Module, Parameter
 
 
@@ -50,6 +51,7 @@ class Linear(Module):
         check_float("x", x, min_ndim=1)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected last dimension {self.in_features}, got shape {x.shape}")
+        check_same_dtype(weight=self.weight.value, x=x)  # the parameters' dtype decides
         b = None if self.bias is None else self.bias.value
         y, self._cache = F.linear_forward(x, self.weight.value, b)
         return y
@@ -94,6 +96,14 @@ class Embedding(Module):
         return f"Embedding({self.num_embeddings}, {self.dim})"
 
 
+def _check_positional_input(x, dim, **table):
+    """x must be (B, T, dim) with the table's dtype: errors name ``x``, not the table."""
+    check_float("x", x, ndim=3)
+    if x.shape[-1] != dim:
+        raise ValueError(f"x: expected last dimension {dim}, got shape {x.shape}")
+    check_same_dtype(**table, x=x)
+
+
 class SinusoidalPositionalEncoding(Module):
     """Adds the fixed table of Vaswani et al. §3.5: ``y = x + PE[:T]`` (no parameters)."""
 
@@ -105,6 +115,7 @@ class SinusoidalPositionalEncoding(Module):
         self._cache = None
 
     def forward(self, x):
+        _check_positional_input(x, self.dim, table=self.table)
         y, self._cache = F.positional_forward(x, self.table)
         return y
 
@@ -126,6 +137,7 @@ class LearnedPositionalEmbedding(Module):
         self._cache = None
 
     def forward(self, x):
+        _check_positional_input(x, self.dim, weight=self.weight.value)
         y, self._cache = F.positional_forward(x, self.weight.value)
         return y
 
@@ -153,6 +165,7 @@ class LayerNorm(Module):
         check_float("x", x, min_ndim=1)
         if x.shape[-1] != self.dim:
             raise ValueError(f"x: expected last dimension {self.dim}, got shape {x.shape}")
+        check_same_dtype(weight=self.weight.value, x=x)  # the parameters' dtype decides
         y, self._cache = F.layernorm_forward(x, self.weight.value, self.bias.value, self.eps)
         return y
 
@@ -171,9 +184,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.0, *, rng=None):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = check_probability("p", p)
         self.rng = _default_rng(rng)
         self._cache = None
 

@@ -146,7 +146,8 @@ class Module:
         """Copy values into the parameters in place (their identity is kept).
 
         Raises ValueError for missing or unexpected keys (when ``strict``) and for
-        shape mismatches; TypeError for dtype mismatches.
+        shape mismatches; TypeError for dtype mismatches or a value that is not an array.
+        Every entry is checked before any is copied, so a failed load changes nothing.
         """
         params = dict(self.parameters())
         missing = [k for k in params if k not in state]
@@ -159,10 +160,16 @@ class Module:
             if name not in state:
                 continue
             new = state[name]
+            if not (isinstance(new, np.ndarray) or sp.issparse(new)):
+                raise TypeError(f"state[{name!r}]: expected a numpy.ndarray, got {type(new).__name__}")
             if tuple(new.shape) != tuple(p.shape):
                 raise ValueError(f"state[{name!r}]: expected shape {p.shape}, got {tuple(new.shape)}")
             if new.dtype != p.dtype:
                 raise TypeError(f"state[{name!r}]: expected dtype {p.dtype}, got {new.dtype}")
+        for name, p in params.items():
+            if name not in state:
+                continue
+            new = state[name]
             if sp.issparse(new) or p.is_sparse:
                 new = sp.csr_array(new, copy=True)
                 new.sort_indices()
