@@ -69,6 +69,7 @@ class TrainConfig:
     eval_batches: int = 8  # lm: validation batches at each evaluation (all at the end)
     log_every: int = 10
     val_fraction: float = 0.1
+    val_pieces: int = 10  # validation = the tail of each of this many parts of the text
     # seq2seq tasks
     alphabet_size: int = 10
     min_len: int = 1
@@ -141,7 +142,7 @@ class Trainer:
             text = D.builtin_corpus() if cfg.text is None else D.load_text(cfg.text)
             self.tokenizer = D.CharTokenizer.from_text(text)
             ids = self.tokenizer.encode(text)
-            self.train_ids, self.val_ids = D.split_train_val(ids, cfg.val_fraction)
+            self.train_ids, self.val_ids = D.split_train_val(ids, cfg.val_fraction, cfg.val_pieces)
             self.unigram_entropy = D.unigram_entropy(self.train_ids)
             self.model = DecoderLM(_lm_config(cfg, self.tokenizer.vocab_size), rng=model_rng)
             self.tokens_per_step = cfg.batch_size * cfg.seq_len

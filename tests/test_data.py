@@ -482,3 +482,17 @@ def test_task_errors():
         task.sample_batch(4, 0)
     with pytest.raises(ValueError, match="batch_size"):
         task.sample_batch(0, np.random.default_rng(0))
+
+
+def test_split_train_val_in_pieces():
+    ids = np.arange(1000)
+    train, val = split_train_val(ids, 0.1, pieces=10)
+    assert train.size == 900 and val.size == 100
+    # the last 10 tokens of each tenth are validation, in order
+    assert np.array_equal(val, np.concatenate([np.arange(k * 100 + 90, k * 100 + 100) for k in range(10)]))
+    assert np.array_equal(np.sort(np.concatenate([train, val])), ids)  # a partition
+    assert np.array_equal(split_train_val(ids, 0.1, pieces=1)[1], ids[900:])
+    with pytest.raises(ValueError, match="ids"):
+        split_train_val(np.arange(5), 0.1, pieces=3)
+    with pytest.raises(ValueError, match="pieces"):
+        split_train_val(ids, 0.1, pieces=0)
