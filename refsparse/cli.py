@@ -24,7 +24,7 @@ from . import __version__
 # Defaults that differ from TrainConfig's for the synthetic seq2seq tasks: a smaller
 # encoder-decoder that reaches ~100% exact match on length <= 12 in about two minutes.
 TASK_DEFAULTS = {
-    "d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 256, "steps": 1500, "batch_size": 64,
+    "d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 256, "steps": 1200, "batch_size": 64,
     "lr": 3e-3, "min_lr": 1e-4, "warmup_steps": 100, "weight_decay": 0.01, "eval_every": 500,
     "eval_batches": 4, "activation": "relu",
 }
@@ -105,7 +105,8 @@ def _cmd_train(args):
     cfg = trainer.cfg
     n = trainer.model.num_parameters()
     what = "decoder-only LM" if cfg.task == "lm" else f"encoder-decoder on the {cfg.task!r} task"
-    print(f"training a {what}: {n:,} parameters, {cfg.dtype}, {cfg.steps} steps of "
+    article = "an" if what[0] in "aeiou" else "a"
+    print(f"training {article} {what}: {n:,} parameters, {cfg.dtype}, {cfg.steps} steps of "
           f"batch {cfg.batch_size}; run directory {trainer.run_dir}")
     summary = trainer.run()
     if summary["interrupted"]:
@@ -278,6 +279,8 @@ def build_parser():
     pt.add_argument("--T", type=int, default=64, help="sequence length (default 64)")
     pt.add_argument("-o", "--output", help="PNG path for show (default: from the spec)")
     pt.set_defaults(func=_cmd_patterns)
+    from . import vectors  # the one line this needs besides the call
+    vectors.add_subparser(sub)
     return p
 
 
