@@ -186,6 +186,8 @@ def main():
     p.add_argument("--T", type=int, nargs="+", default=T_ALL)
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     p.add_argument("--libs", nargs="+", default=["refsparse", "numpy", "torch"])
+    p.add_argument("--dense-max-T", type=int, default=max(T_ALL),
+                   help="run the dense baselines (numpy, torch) only up to this T (they are O(T²))")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
@@ -208,7 +210,9 @@ def main():
     results = []
     for dtype in args.dtypes:
         for lib in args.libs:
-            results.append(run_worker(__file__, [lib, "--dtype", dtype, "--T", *map(str, args.T)]))
+            Ts = args.T if lib == "refsparse" else [T for T in args.T if T <= args.dense_max_T]
+            if Ts:
+                results.append(run_worker(__file__, [lib, "--dtype", dtype, "--T", *map(str, Ts)]))
 
     table, summary = [], {}
     for dtype in args.dtypes:
