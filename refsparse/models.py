@@ -185,10 +185,12 @@ class TransformerConfig:
     attention: str | list = "full"
 
     def to_dict(self):
+        """The config as a plain dict (what checkpoints store)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d):
+        """The config of a dict made by :meth:`to_dict`; unknown keys are an error."""
         return _config_from_dict(cls, d)
 
 
@@ -276,6 +278,7 @@ class Transformer(Module):
         return self.head.forward(self.decoder_norm.forward(y))
 
     def forward(self, src, tgt, src_key_padding_mask=None, tgt_key_padding_mask=None):
+        """src (B, S) and tgt (B, T) ids -> logits (B, T, V): encode, then decode."""
         check_int("src", src, ndim=2)
         check_int("tgt", tgt, ndim=2)
         if tgt.shape[0] != src.shape[0]:
@@ -346,10 +349,12 @@ class DecoderLMConfig:
     attention: str | list = "full"
 
     def to_dict(self):
+        """The config as a plain dict (what checkpoints store)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d):
+        """The config of a dict made by :meth:`to_dict`; unknown keys are an error."""
         return _config_from_dict(cls, d)
 
 
@@ -383,6 +388,7 @@ class DecoderLM(Module):
                                 rng=rng, dtype=dtype)
 
     def forward(self, ids):
+        """ids (B, T) -> logits (B, T, V); position t predicts token t + 1."""
         check_int("ids", ids, ndim=2, low=0, high=self.config.vocab_size)
         if ids.shape[1] > self.config.max_len:
             raise ValueError(f"ids: expected at most max_len={self.config.max_len} positions, "

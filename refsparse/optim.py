@@ -312,6 +312,8 @@ class Optimizer:
             dropped entry loses its state and a new entry starts at zero. (The step count
             is shared, so a new entry's first Adam update uses the global bias correction.)
 
+        Notes
+        -----
         It may be called before or after the parameter's values are replaced by the new
         pattern's. Raises ValueError (naming the argument) for an unknown name, indices
         outside [-1, nnz_old), an old entry continued twice, or a length that matches
@@ -564,6 +566,7 @@ class ConstantLR:
     lr: float
 
     def __call__(self, step):
+        """The learning rate before update ``step + 1``: always the same."""
         _check_count("step", step)
         return self.lr
 
@@ -578,6 +581,7 @@ class WarmupCosine:
     min_lr: float = 0.0
 
     def __call__(self, step):
+        """The learning rate before update ``step + 1`` (see :func:`warmup_cosine`)."""
         s = _check_count("step", step)
         if s < self.warmup_steps:
             return self.base_lr * s / self.warmup_steps

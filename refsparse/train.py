@@ -81,10 +81,12 @@ class TrainConfig:
     sample_chars: int = 200  # lm: length of the sample printed at the end
 
     def to_dict(self):
+        """The config as a plain dict (what checkpoints store)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d):
+        """The config of a dict made by :meth:`to_dict`; unknown keys are an error."""
         names = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(names))
         if unknown:
@@ -92,6 +94,7 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self):
+        """Check every field; raise ValueError naming the first bad one; return self."""
         if self.task != "lm" and self.task not in D.TASKS:
             raise ValueError(f"task: expected 'lm' or one of {D.TASKS}, got {self.task!r}")
         for k in ("steps", "batch_size", "eval_every", "eval_batches", "log_every", "seq_len"):
@@ -264,6 +267,7 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path=None):
+        """Write a checkpoint (default: ``<run_dir>/checkpoint.npz``); returns its path."""
         path = path or os.path.join(self.run_dir, "checkpoint.npz")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return save_checkpoint(

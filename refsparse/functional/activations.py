@@ -37,6 +37,7 @@ _KERNEL_MIN_SIZE = 16384
 
 
 class ReluCache(NamedTuple):
+    """What relu_backward needs: where x > 0."""
     positive: np.ndarray  # bool, x > 0 (one byte per entry instead of the whole x)
 
 
@@ -71,6 +72,7 @@ def relu_backward(dy, cache):
 
 
 class GeluCache(NamedTuple):
+    """What gelu_backward needs: the input, its gate Φ(x) or σ(2u), and the form."""
     x: np.ndarray  # the input
     gate: np.ndarray  # Φ(x) ("none") or σ(2u) ("tanh"): y = x · gate; kept so that backward
     #                   does not evaluate erfc again (the most expensive step)

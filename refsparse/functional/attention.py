@@ -78,6 +78,7 @@ def causal_mask(t_q, t_k=None):
 
 
 class AttentionCache(NamedTuple):
+    """What attention_backward needs: the inputs, the probabilities and the dropout mask."""
     q: np.ndarray  # (..., Tq, D)
     k: np.ndarray  # (..., Tk, D)
     v: np.ndarray  # (..., Tk, Dv)

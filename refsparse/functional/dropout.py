@@ -17,6 +17,7 @@ __all__ = ["DropoutCache", "dropout_backward", "dropout_forward"]
 
 
 class DropoutCache(NamedTuple):
+    """What dropout_backward needs: the mask (or None) and the scale."""
     keep: np.ndarray | None  # bool, True = kept; None when nothing was drawn
     scale: float  # 1/(1−p) with a mask; 1.0 = identity; 0.0 = everything dropped (p = 1)
     shape: tuple  # the input's shape

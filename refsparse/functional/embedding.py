@@ -30,6 +30,7 @@ __all__ = [
 
 
 class EmbeddingCache(NamedTuple):
+    """What embedding_backward needs: the ids and the table's shape and dtype."""
     ids: np.ndarray  # (...) integer token ids
     weight_shape: tuple  # (V, C)
     dtype: np.dtype  # the weight's dtype (that of the gradient)
@@ -122,6 +123,7 @@ def sinusoidal_encoding(length, d_model, dtype=np.float64):
 
 
 class PositionalCache(NamedTuple):
+    """What positional_backward needs: T and the table's shape and dtype."""
     T: int  # rows of the table that were used
     table_shape: tuple  # (T_max, C)
     dtype: np.dtype

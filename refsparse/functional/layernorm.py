@@ -20,6 +20,7 @@ __all__ = ["LayerNormCache", "layernorm_backward", "layernorm_forward"]
 
 
 class LayerNormCache(NamedTuple):
+    """What layernorm_backward needs: x, γ and the per-row mean and rstd."""
     x: np.ndarray  # (..., C) the input
     gamma: np.ndarray  # (C,)
     mean: np.ndarray  # (..., 1) per-row mean

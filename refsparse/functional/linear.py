@@ -18,6 +18,7 @@ __all__ = ["LinearCache", "linear_backward", "linear_forward"]
 
 
 class LinearCache(NamedTuple):
+    """What linear_backward needs: the input, the weight and whether there was a bias."""
     x: np.ndarray  # (..., C_in) the input, needed for dW
     weight: np.ndarray  # (C_out, C_in), needed for dx
     has_bias: bool

@@ -21,6 +21,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 class CrossEntropyCache(NamedTuple):
+    """What cross_entropy_backward needs: the probabilities, the targets and the reduction."""
     p: np.ndarray  # (N, V) softmax probabilities
     targets: np.ndarray  # (N,) targets, ignored positions replaced by 0
     valid: np.ndarray  # (N,) bool, False where the target was ignore_index

@@ -16,6 +16,7 @@ __all__ = ["SoftmaxCache", "softmax_backward", "softmax_forward"]
 
 
 class SoftmaxCache(NamedTuple):
+    """What softmax_backward needs: the output and the axis."""
     y: np.ndarray  # the output probabilities (backward needs only these)
     axis: int  # normalized to be non-negative
 

@@ -118,6 +118,9 @@ def prepare_pattern(pattern):
 
 
 class SparseAttentionCache(NamedTuple):
+    """What sparse_attention_backward needs: the inputs and output in the kernels' layout, the per-row
+    log-sum-exp and the prepared pattern.
+    """
     q: np.ndarray  # (B, Tq, H, D) the kernels' layout
     k: np.ndarray  # (B, Tk, H, D)
     v: np.ndarray  # (B, Tk, H, Dv)

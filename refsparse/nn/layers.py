@@ -48,6 +48,7 @@ class Linear(Module):
         self._cache = None
 
     def forward(self, x):
+        """x (…, in_features) -> x @ W.T + b (…, out_features); keeps the cache."""
         check_float("x", x, min_ndim=1)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected last dimension {self.in_features}, got shape {x.shape}")
@@ -57,6 +58,7 @@ class Linear(Module):
         return y
 
     def backward(self, dy):
+        """Accumulate dW, db into the parameters' .grad; return dx (…, in_features)."""
         dx, dw, db = F.linear_backward(dy, self._cache)
         self.weight.grad += dw
         if self.bias is not None:
@@ -85,10 +87,12 @@ class Embedding(Module):
         self._cache = None
 
     def forward(self, ids):
+        """ids (…) -> the table's rows (…, dim)."""
         y, self._cache = F.embedding_forward(ids, self.weight.value)
         return y
 
     def backward(self, dy):
+        """Scatter-add dy (…, dim) into weight.grad at the ids' rows; returns None."""
         self.weight.grad += F.embedding_backward(dy, self._cache)
         return None
 
@@ -115,11 +119,13 @@ class SinusoidalPositionalEncoding(Module):
         self._cache = None
 
     def forward(self, x):
+        """x (B, T, dim) -> x + PE[:T]."""
         _check_positional_input(x, self.dim, table=self.table)
         y, self._cache = F.positional_forward(x, self.table)
         return y
 
     def backward(self, dy):
+        """dx = dy (the table is fixed)."""
         dx, _ = F.positional_backward(dy, self._cache)
         return dx
 
@@ -137,11 +143,13 @@ class LearnedPositionalEmbedding(Module):
         self._cache = None
 
     def forward(self, x):
+        """x (B, T, dim) -> x + P[:T]."""
         _check_positional_input(x, self.dim, weight=self.weight.value)
         y, self._cache = F.positional_forward(x, self.weight.value)
         return y
 
     def backward(self, dy):
+        """Accumulate the table's gradient into weight.grad; return dx = dy."""
         dx, dtable = F.positional_backward(dy, self._cache)
         self.weight.grad += dtable
         return dx
@@ -162,6 +170,7 @@ class LayerNorm(Module):
         self._cache = None
 
     def forward(self, x):
+        """Normalise x (…, dim) over its last axis; keeps mean and rstd for backward."""
         check_float("x", x, min_ndim=1)
         if x.shape[-1] != self.dim:
             raise ValueError(f"x: expected last dimension {self.dim}, got shape {x.shape}")
@@ -170,6 +179,7 @@ class LayerNorm(Module):
         return y
 
     def backward(self, dy):
+        """Accumulate dγ, dβ into weight.grad and bias.grad; return dx."""
         dx, dgamma, dbeta = F.layernorm_backward(dy, self._cache)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
@@ -189,10 +199,12 @@ class Dropout(Module):
         self._cache = None
 
     def forward(self, x):
+        """Drop entries of x with probability p (training mode only); keeps the mask."""
         y, self._cache = F.dropout_forward(x, self.p, self.rng, training=self.training)
         return y
 
     def backward(self, dy):
+        """dx = dy ⊙ keep / (1 − p), with the mask of the last forward."""
         return F.dropout_backward(dy, self._cache)
 
 
@@ -209,6 +221,7 @@ class Activation(Module):
         self._cache = None
 
     def forward(self, x):
+        """The activation of x, any shape; keeps the cache for backward."""
         if self.name == "relu":
             y, self._cache = F.relu_forward(x)
         else:
@@ -217,6 +230,7 @@ class Activation(Module):
         return y
 
     def backward(self, dy):
+        """dx = dy ⊙ act′(x), from the cache of the last forward."""
         if self.name == "relu":
             return F.relu_backward(dy, self._cache)
         return F.gelu_backward(dy, self._cache)

@@ -66,6 +66,7 @@ class Parameter:
         return self.value.dtype
 
     def zero_grad(self):
+        """Set ``.grad`` to zeros shaped like :attr:`values`."""
         self.grad = np.zeros_like(self.values)
 
     def __repr__(self):
@@ -94,12 +95,15 @@ class Module:
 
     # -- the contract ---------------------------------------------------------------
     def forward(self, *inputs):
+        """Compute the output and keep what backward needs on the module."""
         raise NotImplementedError
 
     def backward(self, dout):
+        """Return the inputs' gradient and accumulate into each parameter's ``.grad``."""
         raise NotImplementedError
 
     def __call__(self, *inputs, **kwargs):
+        """``module(x)`` is ``module.forward(x)``."""
         return self.forward(*inputs, **kwargs)
 
     # -- traversal ------------------------------------------------------------------
@@ -120,15 +124,18 @@ class Module:
         return int(sum(p.values.size for _, p in self.parameters()))
 
     def zero_grad(self):
+        """Set every parameter's ``.grad`` to zeros."""
         for _, p in self.parameters():
             p.zero_grad()
 
     def train(self, mode: bool = True):
+        """Training mode (``mode=True``) or evaluation mode for all modules below; returns self."""
         for _, m in self.named_modules():
             object.__setattr__(m, "training", bool(mode))
         return self
 
     def eval(self):
+        """Evaluation mode (dropout off) for this module and all below it; returns self."""
         return self.train(False)
 
     @property
@@ -193,6 +200,7 @@ class ModuleList(Module):
             self.append(m)
 
     def append(self, module):
+        """Add a module; its parameters are named ``<index>.<name>``."""
         if not isinstance(module, Module):
             raise TypeError(f"module: expected a Module, got {type(module).__name__}")
         setattr(self, str(len(self._list)), module)

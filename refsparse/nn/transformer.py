@@ -34,9 +34,11 @@ class FeedForward(Module):
         self.linear2 = Linear(d_ff, d_model, rng=rng, dtype=dtype)
 
     def forward(self, x):
+        """x (…, C) -> linear2(dropout(act(linear1(x)))) (…, C)."""
         return self.linear2.forward(self.dropout.forward(self.act.forward(self.linear1.forward(x))))
 
     def backward(self, dy):
+        """dx through linear2, dropout, the activation and linear1, in reverse."""
         return self.linear1.backward(self.act.backward(self.dropout.backward(self.linear2.backward(dy))))
 
 
@@ -60,6 +62,7 @@ class EncoderLayer(Module):
         self.dropout2 = Dropout(dropout, rng=rng)
 
     def forward(self, x, *, causal=False, key_padding_mask=None, attn_mask=None, pattern=None):
+        """x (B, T, C) -> (B, T, C); ``pattern`` makes the self-attention sparse (see MultiHeadAttention)."""
         # pattern: a sparse attention pattern for the self-attention (see MultiHeadAttention)
         masks = dict(causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
                      pattern=pattern)
@@ -72,6 +75,7 @@ class EncoderLayer(Module):
         return self.norm2.forward(h + self.dropout2.forward(self.ff.forward(h)))
 
     def backward(self, dy):
+        """Walk the forward in reverse; returns dx (B, T, C)."""
         if self.norm_first:
             # in the forward pass: y = h + Drop(FF(LN2(h)))
             dh = dy + self.norm2.backward(self.ff.backward(self.dropout2.backward(dy)))
@@ -110,6 +114,7 @@ class DecoderLayer(Module):
 
     def forward(self, x, memory, *, causal=True, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_mask=None, memory_mask=None, tgt_pattern=None):
+        """x (B, T, C), memory (B, S, C) -> (B, T, C); ``tgt_pattern`` makes the self-attention sparse."""
         # checked here so that errors name this layer's arguments, not its attention's
         check_float("x", x, ndim=3)
         check_float("memory", memory, ndim=3)
@@ -138,6 +143,7 @@ class DecoderLayer(Module):
         return self.norm3.forward(h2 + self.dropout3.forward(ff.forward(h2)))
 
     def backward(self, dy):
+        """Walk the forward in reverse; returns ``(dx, dmemory)``."""
         if self.norm_first:
             # y = h2 + Drop(FF(LN3(h2)))
             dh2 = dy + self.norm3.backward(self.ff.backward(self.dropout3.backward(dy)))
