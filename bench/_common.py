@@ -56,7 +56,7 @@ def environment():
     return info
 
 
-def run_worker(script, args):
+def run_worker(script, args, env=None):
     """Run ``python script --worker ...`` in its own process; return its JSON result.
 
     Each library is timed in a process of its own: right after a numpy BLAS call, OpenBLAS's
@@ -66,7 +66,8 @@ def run_worker(script, args):
         out = f.name
     try:
         cmd = [sys.executable, script, "--worker", *args, "--json", out]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env=None if env is None else {**os.environ, **env})
         if proc.returncode != 0:
             raise RuntimeError(f"worker {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         with open(out) as fh:

@@ -131,6 +131,8 @@ def main():
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, caches)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    p.add_argument("--refsparse-blas-threads", default=os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+                   help="OPENBLAS_NUM_THREADS for the refsparse process (default 1, as refsparse train)")
     p.add_argument("--worker", choices=["refsparse", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--lib", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -145,8 +147,10 @@ def main():
     for dtype in args.dtypes:
         for lib in ("refsparse", "torch"):
             print(f"running {lib} {dtype} ...", file=sys.stderr)
+            # refsparse as `refsparse train` runs it: OpenBLAS on one thread, Numba on all cores
+            env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads} if lib == "refsparse" else None
             results.append(run_worker(__file__, [lib, "--dtype", dtype, "--steps", str(args.steps),
-                                                 "--warmup", str(args.warmup)]))
+                                                 "--warmup", str(args.warmup)], env=env))
     rows = []
     checks = []
     for dtype in args.dtypes:
@@ -162,7 +166,8 @@ def main():
     print(f"\nDecoder-only LM training step: {SHAPE['n_layers']} layers, d_model {SHAPE['d_model']}, "
           f"{SHAPE['n_heads']} heads, T {SHAPE['seq_len']}, batch {SHAPE['batch']}, "
           f"{results[0]['parameters']:,} parameters; median of {args.steps} steps after {args.warmup} "
-          "warm-up steps, each library in its own process.\n")
+          f"warm-up steps, each library in its own process; refsparse with OPENBLAS_NUM_THREADS="
+          f"{args.refsparse_blas_threads} (Numba kernels on all cores), torch with its defaults.\n")
     print(markdown_table(["library", "dtype", "ms/step", "tokens/s", "peak RSS (MB)",
                           "ratio to torch"], rows))
     for c in checks:
