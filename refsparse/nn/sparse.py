@@ -36,7 +36,7 @@ def random_pattern(out_features, in_features, density, rng):
     indices sorted within each row, no duplicates.
     """
     total = out_features * in_features
-    nnz = int(round(density * total))
+    nnz = round(density * total)
     flat = np.sort(rng.choice(total, size=nnz, replace=False)) if nnz else np.empty(0, np.int64)
     rows, cols = np.divmod(flat, in_features)  # row-major order: rows ascending, then columns
     index_dtype = np.int32 if max(total, in_features) < 2**31 else np.int64

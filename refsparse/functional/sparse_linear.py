@@ -1,0 +1,225 @@
+"""Linear layer with a sparse weight: y = x Wᵀ + b, computed only at W's stored entries.
+
+Legend: N = number of rows (all leading axes of x flattened), C_in input features,
+C_out output features, nnz stored entries of W.
+
+The weight is a ``scipy.sparse`` CSR array of shape (C_out, C_in) in canonical form
+(sorted indices, no duplicates). Its *pattern* — ``indptr`` and ``indices`` — says which
+connections exist; its ``data`` holds their values, and a stored entry may hold 0.0
+(a connection that exists but is currently zero, as RigL grows them). Nothing here ever
+drops a stored zero or rebuilds the pattern.
+
+The math, with M the 0/1 mask of stored entries and W̃ = the dense weight (zero off the
+pattern):
+
+    forward    y = x W̃ᵀ + b               y[n, o] = Σ_{j : (o, j) stored} x[n, j] W[o, j] + b[o]
+    backward   dx = dy W̃                  dx[n, j] = Σ_{o : (o, j) stored} dy[n, o] W[o, j]
+               dW = (dyᵀ x) ⊙ M           kept only at stored entries: dW_e = Σ_n dy[n, o] x[n, j]
+               db = Σ_n dy[n, :]
+
+The dense gradient dyᵀ x of the masked twin is the gradient of the loss with respect to
+*every* entry of W̃; the sparse layer keeps the entries of the pattern (RigL reads the
+others, in blocks, elsewhere). Derivation: docs/backprop.md, section Linear — the mask
+only selects entries.
+
+**NumPy twin**: :func:`refsparse.functional.linear.linear_forward` /
+:func:`~refsparse.functional.linear.linear_backward` called with ``W.toarray()``, with
+the dense dW read at the stored entries. The tests hold the two together.
+
+Kernels: refsparse/kernels/spmm.py (SpMM for y and dx, SDDMM for dW, one fused backward).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+from .._checks import check_float, check_same_dtype, check_shape
+from ..kernels.spmm import column_blocks, sddmm_dw, spmm_backward, spmm_dx, spmm_forward
+from ._common import check_upstream
+
+__all__ = [
+    "SparseLinearCache",
+    "check_sparse_weight",
+    "sparse_linear_backward",
+    "sparse_linear_dw",
+    "sparse_linear_dx",
+    "sparse_linear_forward",
+    "tile_rows",
+]
+
+
+class SparseLinearCache(NamedTuple):
+    x: np.ndarray  # (N, C_in) the input, C-contiguous, needed for dW
+    weight: object  # the CSR weight (C_out, C_in), needed for dx; shares its arrays
+    x_shape: tuple  # (..., C_in) the input's shape, to give dx the same shape
+    has_bias: bool
+
+
+def check_sparse_weight(name, weight):
+    """Check a sparse weight: a canonical float32/float64 CSR array of 2 dimensions.
+
+    Raises TypeError (not sparse, not CSR, not float) or ValueError (not 2-D, not
+    canonical) naming ``name``. Returns ``weight`` unchanged: it is never copied or fixed
+    here, since that would silently detach it from its Parameter.
+    """
+    if not sp.issparse(weight):
+        raise TypeError(f"{name}: expected a scipy.sparse CSR array, got {type(weight).__name__}")
+    if weight.format != "csr":
+        raise TypeError(f"{name}: expected a CSR sparse array, got format {weight.format!r} "
+                        "(convert it with .tocsr())")
+    if weight.ndim != 2:
+        raise ValueError(f"{name}: expected 2 dimensions, got shape {weight.shape}")
+    if weight.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {weight.dtype}")
+    if not weight.has_canonical_format:
+        raise ValueError(f"{name}: expected a canonical CSR array (sorted indices, no duplicates); "
+                         "call .sum_duplicates() first (it keeps stored zeros)")
+    return weight
+
+
+def tile_rows(n_rows, dtype):
+    """Rows per batch tile of the kernels (the scratch buffers' last axis).
+
+    256 bytes per row of a transposed tile (64 float32, 32 float64) measured best on
+    these machines; small batches get smaller tiles (a multiple of 8, enough for every
+    thread to get one) so that N = 1 does not compute 64 padded rows.
+    """
+    full = 64 if np.dtype(dtype) == np.float32 else 32
+    threads = numba.get_num_threads()
+    per_thread = -(-max(int(n_rows), 1) // threads)  # ceil
+    return int(min(full, 8 * -(-per_thread // 8)))
+
+
+# Bytes of one column block of xt (and as much of dxt) in the backward kernels. Measured:
+# 10-15 % faster backward at C_in = 2048 than one block; C_in <= 512 stays one block.
+BLOCK_BYTES = 128 * 1024
+
+
+def block_columns(tn, dtype):
+    """Columns per block of the backward, so that a block of xt and of dxt stay in cache."""
+    return max(16, BLOCK_BYTES // (tn * np.dtype(dtype).itemsize))
+
+
+def _blocks(weight, tn):
+    """W's rows split into column blocks for the backward kernels: (C_out, nb+1) int64."""
+    c_out, c_in = weight.shape
+    block = block_columns(tn, weight.dtype)
+    nb = max(1, -(-c_in // block))
+    Bp = np.empty((c_out, nb + 1), dtype=np.int64)
+    column_blocks(weight.indptr, weight.indices, block, Bp)
+    return Bp
+
+
+def _scratch(rows, tn, dtype):
+    """One (rows, tn) scratch slice per Numba thread; every kernel writes before reading."""
+    return np.empty((numba.get_num_threads(), rows, tn), dtype=dtype)
+
+
+def _check_forward_inputs(x, weight, bias):
+    check_float("x", x, min_ndim=1)
+    check_sparse_weight("weight", weight)
+    c_out, c_in = weight.shape
+    check_shape("x", x, (None,) * (x.ndim - 1) + (c_in,))
+    if bias is not None:
+        check_float("bias", bias)
+        check_shape("bias", bias, (c_out,))
+    check_same_dtype(x=x, weight=weight, bias=bias)
+
+
+def sparse_linear_forward(x, weight, bias=None):
+    """Affine map with a sparse weight, over the last axis.
+
+        y = x Wᵀ + b,   y[..., o] = Σ_{j : (o, j) stored} x[..., j] W[o, j] + b[o]
+
+    Parameters
+    ----------
+    x : ndarray (..., C_in), float32 or float64
+    weight : scipy.sparse CSR array (C_out, C_in), same dtype, canonical (sorted
+        indices, no duplicates); stored zeros are allowed and stay stored
+    bias : ndarray (C_out,) or None, same dtype
+
+    Returns
+    -------
+    y : ndarray (..., C_out), x's dtype
+    cache : SparseLinearCache
+
+    NumPy twin: ``linear_forward(x, weight.toarray(), bias)``. Cost 2 · nnz · N flops.
+    """
+    _check_forward_inputs(x, weight, bias)
+    c_out, c_in = weight.shape
+    x2 = np.ascontiguousarray(x.reshape(-1, c_in))  # (N, C_in); a view when x is contiguous
+    n = x2.shape[0]
+    tn = tile_rows(n, x.dtype)
+    b = bias if bias is not None else np.zeros(c_out, dtype=x.dtype)
+    y2 = np.empty((n, c_out), dtype=x.dtype)  # (N, C_out)
+    spmm_forward(x2, weight.indptr, weight.indices, weight.data, np.ascontiguousarray(b), y2,
+                 _scratch(c_in, tn, x.dtype), _scratch(c_out, tn, x.dtype))
+    y = y2.reshape(*x.shape[:-1], c_out)  # (..., C_out)
+    return y, SparseLinearCache(x2, weight, x.shape, bias is not None)
+
+
+def _unpack(dy, cache):
+    x2, weight, x_shape, has_bias = cache
+    c_out = weight.shape[0]
+    check_upstream("dy", dy, tuple(x_shape[:-1]) + (c_out,), x2.dtype)
+    dy2 = np.ascontiguousarray(dy.reshape(-1, c_out))  # (N, C_out)
+    return x2, weight, x_shape, has_bias, dy2
+
+
+def sparse_linear_backward(dy, cache):
+    """Gradients of y = x Wᵀ + b, with dW only at W's stored entries.
+
+        dx = dy W                      (..., C_in)      — same CSR as the forward
+        dW_e = Σ_n dy[n, o] x[n, j]    (nnz,)           for each stored e = (o, j),
+                                                         aligned with weight.data
+        db = Σ_n dy[n, :]              (C_out,), or None when the forward had no bias
+
+    These are linear_backward's dx, its dW = dyᵀ x read at the stored entries, and its
+    db — never a dense (C_out, C_in) array. One fused kernel pass reads dy and x once.
+
+    Returns
+    -------
+    (dx, dweight_data, dbias)
+    """
+    x2, weight, x_shape, has_bias, dy2 = _unpack(dy, cache)
+    c_out, c_in = weight.shape
+    n = x2.shape[0]
+    dtype = x2.dtype
+    tn = tile_rows(n, dtype)
+    threads = numba.get_num_threads()
+    dx2 = np.empty((n, c_in), dtype=dtype)  # (N, C_in)
+    dw_part = np.zeros((threads, weight.nnz), dtype=dtype)  # (T, nnz) per-thread partial sums
+    db_part = np.zeros((threads, c_out), dtype=dtype)  # (T, C_out)
+    Bp = _blocks(weight, tn)
+    spmm_backward(dy2, x2, Bp, weight.indices, weight.data, dx2, dw_part, db_part,
+                  _scratch(c_out, tn, dtype), _scratch(c_in, tn, dtype), _scratch(c_in, tn, dtype))
+    dweight = dw_part.sum(axis=0)  # (nnz,)
+    dbias = db_part.sum(axis=0) if has_bias else None  # (C_out,)
+    return dx2.reshape(x_shape), dweight, dbias
+
+
+def sparse_linear_dx(dy, cache):
+    """dx = dy W alone (the first half of :func:`sparse_linear_backward`), shaped like x."""
+    x2, weight, x_shape, _, dy2 = _unpack(dy, cache)
+    c_out, c_in = weight.shape
+    n = x2.shape[0]
+    tn = tile_rows(n, x2.dtype)
+    dx2 = np.empty((n, c_in), dtype=x2.dtype)
+    spmm_dx(dy2, _blocks(weight, tn), weight.indices, weight.data, dx2,
+            _scratch(c_out, tn, x2.dtype), _scratch(c_in, tn, x2.dtype))
+    return dx2.reshape(x_shape)
+
+
+def sparse_linear_dw(dy, cache):
+    """dW at the stored entries alone (SDDMM, the second half of the backward): (nnz,)."""
+    x2, weight, _, _, dy2 = _unpack(dy, cache)
+    c_out, c_in = weight.shape
+    tn = tile_rows(x2.shape[0], x2.dtype)
+    dw_part = np.zeros((numba.get_num_threads(), weight.nnz), dtype=x2.dtype)
+    sddmm_dw(dy2, x2, _blocks(weight, tn), weight.indices, dw_part,
+             _scratch(c_out, tn, x2.dtype), _scratch(c_in, tn, x2.dtype))
+    return dw_part.sum(axis=0)

@@ -1,0 +1,404 @@
+"""SparseLinear: the Numba SpMM/SDDMM kernels against their NumPy twin, gradcheck, torch.
+
+The twin is the dense Linear (refsparse.functional.linear) with the masked weight
+``W.toarray()``: the sparse layer must give the same y, the same dx, and the dense dW
+read at the stored entries, to <= 1e-12 in float64 (relative to the tensor's largest
+entry, as gradcheck measures). Patterns are drawn by hypothesis and include empty rows and
+empty columns, N = 1, in = 1, out = 1, density 0 and 1, and stored zeros; batches span
+several tiles with a short last one, and the column-blocked backward is run with tiny
+blocks so that rows split across many blocks.
+
+Properties: stored zeros stay stored through forward, backward and an AdamW step (the
+pattern, indptr and indices, is unchanged); the weight gradient is one number per stored
+entry, never a dense (out, in) array; input errors name their argument.
+"""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+import refsparse.functional.sparse_linear as SL
+from refsparse.functional.linear import linear_backward, linear_forward
+from refsparse.functional.sparse_linear import (
+    check_sparse_weight,
+    sparse_linear_backward,
+    sparse_linear_dw,
+    sparse_linear_dx,
+    sparse_linear_forward,
+)
+from refsparse.gradcheck import check_module, check_op
+from refsparse.kernels.spmm import column_blocks
+from refsparse.nn.layers import Linear
+from refsparse.nn.sparse import SparseLinear, random_pattern
+from refsparse.optim import AdamW
+
+RTOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+# ----------------------------------------------------------------------------------------
+# helpers
+def rel_err(mine, ref):
+    """max |mine − ref| / max |ref| (0 when both are exactly zero or empty)."""
+    mine, ref = np.asarray(mine, np.float64), np.asarray(ref, np.float64)
+    assert mine.shape == ref.shape, f"shape {mine.shape} vs {ref.shape}"
+    if ref.size == 0:
+        return 0.0
+    err = float(np.max(np.abs(mine - ref)))
+    scale = float(np.max(np.abs(ref)))
+    return err / scale if scale > 0 else err
+
+
+def assert_close(name, mine, ref, rtol):
+    err = rel_err(mine, ref)
+    if not err <= rtol:
+        i = np.unravel_index(np.argmax(np.abs(np.asarray(mine, float) - ref)), np.shape(ref))
+        raise AssertionError(f"{name}: max rel err {err:.3e} > {rtol:g}; at {i} mine "
+                             f"{np.asarray(mine)[i]!r} vs twin {np.asarray(ref)[i]!r}")
+
+
+def csr_from_mask(mask, values):
+    """A canonical CSR with an entry at every True of ``mask`` (values may be 0.0)."""
+    rows, cols = np.nonzero(mask)
+    indptr = np.zeros(mask.shape[0] + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=mask.shape[0]), out=indptr[1:])
+    return sp.csr_array((values[rows, cols], cols.astype(np.int32), indptr), shape=mask.shape)
+
+
+def stored_rows(w):
+    return np.repeat(np.arange(w.shape[0]), np.diff(w.indptr))
+
+
+@st.composite
+def problems(draw, max_n=150, max_features=40):
+    """(x, W, b, dy) with a random pattern: density 0, 1 or in between; empty rows and
+    columns forced at random; a fraction of the stored values set to exactly 0.0."""
+    lead = draw(st.sampled_from([(), (1,), (2,), (3, 1)]))
+    n = draw(st.integers(1, max_n))
+    c_out = draw(st.integers(1, max_features))
+    c_in = draw(st.integers(1, max_features))
+    density = draw(st.sampled_from([0.0, 1.0, 0.05, 0.3, 0.7]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    mask = rng.random((c_out, c_in)) < density
+    if density not in (0.0, 1.0):
+        mask[rng.random(c_out) < 0.2, :] = False  # empty rows
+        mask[:, rng.random(c_in) < 0.2] = False  # empty columns
+    values = rng.standard_normal((c_out, c_in))
+    values[rng.random((c_out, c_in)) < 0.2] = 0.0  # stored zeros
+    w = csr_from_mask(mask, values)
+    x = rng.standard_normal((*lead, n, c_in))
+    b = rng.standard_normal(c_out) if draw(st.booleans()) else None
+    dy = rng.standard_normal((*lead, n, c_out))
+    return x, w, b, dy
+
+
+def check_against_twin(x, w, b, dy, dtype):
+    x, dy = x.astype(dtype), dy.astype(dtype)
+    w = w.astype(dtype)
+    b = None if b is None else b.astype(dtype)
+    rtol = RTOL[dtype]
+    y, cache = sparse_linear_forward(x, w, b)
+    dx, dw, db = sparse_linear_backward(dy, cache)
+    y_ref, cache_ref = linear_forward(x, w.toarray(), b)
+    dx_ref, dw_dense, db_ref = linear_backward(dy, cache_ref)
+    dw_ref = dw_dense[stored_rows(w), w.indices]  # the dense dW at the stored entries
+    for name, a in (("y", y), ("dx", dx), ("dW", dw)):
+        assert a.dtype == dtype, f"{name}: dtype {a.dtype}, expected {dtype}"
+    assert y.shape == x.shape[:-1] + (w.shape[0],) and dx.shape == x.shape
+    assert dw.shape == (w.nnz,)
+    assert_close("y", y, y_ref, rtol)
+    assert_close("dx", dx, dx_ref, rtol)
+    assert_close("dW", dw, dw_ref, rtol)
+    if b is None:
+        assert db is None
+    else:
+        assert db.dtype == dtype
+        assert_close("db", db, db_ref, rtol)
+    # the two halves of the backward, as separate kernels
+    assert_close("dx (spmm_dx)", sparse_linear_dx(dy, cache), dx_ref, rtol)
+    assert_close("dW (sddmm_dw)", sparse_linear_dw(dy, cache), dw_ref, rtol)
+
+
+# ----------------------------------------------------------------------------------------
+# kernels against the twin
+@given(problems())
+def test_float64_equals_masked_dense_twin(problem):
+    check_against_twin(*problem, np.float64)
+
+
+@given(problems())
+def test_float32_close_to_twin_and_stays_float32(problem):
+    check_against_twin(*problem, np.float32)
+
+
+@given(problems(max_n=200, max_features=70))
+def test_column_blocked_backward_equals_twin(problem):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SL, "BLOCK_BYTES", 1)  # the minimum block, 16 columns: rows split in up to 5
+        check_against_twin(*problem, np.float64)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 9), (1, 9, 1), (9, 1, 1), (300, 5, 3)])
+@pytest.mark.parametrize("density", [0.0, 1.0])
+def test_degenerate_shapes(shape, density):
+    n, c_out, c_in = shape
+    rng = np.random.default_rng(0)
+    mask = np.full((c_out, c_in), density == 1.0)
+    w = csr_from_mask(mask, rng.standard_normal((c_out, c_in)))
+    check_against_twin(rng.standard_normal((n, c_in)), w, rng.standard_normal(c_out),
+                       rng.standard_normal((n, c_out)), np.float64)
+
+
+def test_empty_batch():
+    w = csr_from_mask(np.ones((3, 4), bool), np.ones((3, 4)))
+    y, cache = sparse_linear_forward(np.zeros((0, 4)), w, np.ones(3))
+    dx, dw, db = sparse_linear_backward(np.zeros((0, 3)), cache)
+    assert y.shape == (0, 3) and dx.shape == (0, 4)
+    assert np.all(dw == 0) and dw.shape == (12,) and np.all(db == 0)
+
+
+def test_column_blocks_split_rows_at_block_edges():
+    mask = np.zeros((3, 10), bool)
+    mask[0, [0, 3, 4, 9]] = True
+    mask[2, [5, 6]] = True
+    w = csr_from_mask(mask, np.ones((3, 10)))
+    Bp = np.empty((3, 4), np.int64)
+    column_blocks(w.indptr, w.indices, 4, Bp)  # blocks [0,4) [4,8) [8,10)
+    np.testing.assert_array_equal(Bp, [[0, 2, 3, 4], [4, 4, 4, 4], [4, 4, 6, 6]])
+
+
+# ----------------------------------------------------------------------------------------
+# gradcheck
+@given(problems(max_n=6, max_features=6))
+def test_gradcheck_functional(problem):
+    x, w, b, _ = problem
+    if w.nnz == 0:  # gradcheck differences arrays in place: give it one entry to perturb
+        w = csr_from_mask(np.eye(*w.shape, dtype=bool)[:, :], np.ones(w.shape))
+    indptr, indices, shape = w.indptr, w.indices, w.shape
+
+    def forward(x, wdata, bias=None):
+        weight = sp.csr_array((wdata, indices, indptr), shape=shape)
+        return sparse_linear_forward(x, weight, bias)
+
+    inputs = {"x": x, "wdata": w.data.copy()}
+    if b is not None:
+        inputs["bias"] = b
+    report = check_op(forward, sparse_linear_backward if b is not None
+                      else (lambda dy, c: sparse_linear_backward(dy, c)[:2]), inputs, rtol=1e-7)
+    report.raise_if_failed()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradcheck_module(bias):
+    rng = np.random.default_rng(3)
+    layer = SparseLinear(7, 5, bias=bias, density=0.4, rng=rng)
+    layer.weight.value.data[:3] = 0.0  # stored zeros have gradients too
+    report = check_module(layer, rng.standard_normal((2, 3, 7)), rng=rng)
+    report.raise_if_failed()
+    assert report["weight"].shape == (layer.nnz,)
+
+
+# ----------------------------------------------------------------------------------------
+# torch autograd on the masked dense weight
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("density", [0.1, 0.5, 1.0])
+def test_matches_torch_autograd(dtype, density):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    layer = SparseLinear(37, 29, density=density, rng=rng, dtype=np.dtype(dtype).name)
+    layer.weight.value.data[::5] = 0.0
+    x = rng.standard_normal((3, 41, 37)).astype(dtype)
+    dy = rng.standard_normal((3, 41, 29)).astype(dtype)
+    y = layer.forward(x)
+    layer.zero_grad()
+    dx = layer.backward(dy)
+
+    w = layer.weight.value
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w.toarray(), requires_grad=True)
+    tb = torch.tensor(layer.bias.value, requires_grad=True)
+    ty = torch.nn.functional.linear(tx, tw, tb)
+    ty.backward(torch.tensor(dy))
+    rtol = 1e-10 if dtype == np.float64 else 1e-4
+    assert_close("y", y, ty.detach().numpy(), rtol)
+    assert_close("dx", dx, tx.grad.numpy(), rtol)
+    assert_close("dW", layer.weight.grad, tw.grad.numpy()[stored_rows(w), w.indices], rtol)
+    assert_close("db", layer.bias.grad, tb.grad.numpy(), rtol)
+
+
+# ----------------------------------------------------------------------------------------
+# the pattern is the parameter's structure: stored zeros stay, no dense gradient
+def test_stored_zeros_survive_forward_backward_and_adamw():
+    rng = np.random.default_rng(11)
+    mask = rng.random((12, 9)) < 0.5
+    values = rng.standard_normal((12, 9))
+    values[mask & (rng.random((12, 9)) < 0.4)] = 0.0
+    layer = SparseLinear(9, 12, weight=csr_from_mask(mask, values), rng=rng)
+    w = layer.weight.value
+    n_zero = int(np.sum(w.data == 0))
+    assert n_zero > 0 and layer.nnz == int(mask.sum())
+    indptr, indices = w.indptr.copy(), w.indices.copy()
+    opt = AdamW(layer.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        layer.zero_grad()
+        y = layer.forward(rng.standard_normal((4, 9)))
+        layer.backward(rng.standard_normal(y.shape))
+        assert layer.weight.grad.shape == (layer.nnz,)  # never (out, in)
+        opt.step()
+    assert layer.weight.value is w  # updated in place
+    np.testing.assert_array_equal(w.indptr, indptr)
+    np.testing.assert_array_equal(w.indices, indices)
+    assert w.nnz == int(mask.sum())
+
+
+def test_weight_gradient_is_aligned_with_data_never_dense():
+    rng = np.random.default_rng(5)
+    layer = SparseLinear(50, 40, density=0.1, rng=rng)
+    x = rng.standard_normal((8, 50))
+    dy = rng.standard_normal((8, 40))
+    layer.forward(x)
+    layer.backward(dy)
+    w = layer.weight.value
+    assert layer.weight.grad.shape == w.data.shape == (layer.nnz,)
+    dense = dy.T @ x
+    assert_close("dW", layer.weight.grad, dense[stored_rows(w), w.indices], 1e-12)
+    # accumulation: a second backward adds
+    g = layer.weight.grad.copy()
+    layer.forward(x)
+    layer.backward(dy)
+    assert_close("2 dW", layer.weight.grad, 2 * g, 1e-15)
+
+
+def test_pattern_change_between_forward_and_backward_is_refused():
+    rng = np.random.default_rng(0)
+    layer = SparseLinear(6, 4, density=0.5, rng=rng)
+    layer.forward(rng.standard_normal((2, 6)))
+    layer.weight.value = sp.csr_array(np.ones((4, 6)))
+    layer.weight.grad = np.zeros(24)
+    with pytest.raises(RuntimeError, match="changed between forward and backward"):
+        layer.backward(rng.standard_normal((2, 4)))
+
+
+def test_load_state_dict_keeps_stored_zeros():
+    rng = np.random.default_rng(2)
+    layer = SparseLinear(6, 5, density=0.5, rng=rng)
+    layer.weight.value.data[:4] = 0.0
+    state = layer.state_dict()
+    other = SparseLinear(6, 5, density=0.5, rng=np.random.default_rng(9))
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other.weight.value.indices, layer.weight.value.indices)
+    np.testing.assert_array_equal(other.weight.value.data, layer.weight.value.data)
+
+
+# ----------------------------------------------------------------------------------------
+# construction
+@pytest.mark.parametrize("density", [0.0, 0.013, 0.5, 1.0])
+def test_random_pattern_has_exact_count_and_is_canonical(density):
+    rng = np.random.default_rng(1)
+    layer = SparseLinear(33, 17, density=density, rng=rng)
+    w = layer.weight.value
+    assert w.nnz == round(density * 33 * 17) == layer.nnz
+    assert w.has_canonical_format
+    check_sparse_weight("weight", sp.csr_array((w.data, w.indices, w.indptr), shape=w.shape))
+    bound = 1 / np.sqrt(33)
+    assert np.all(np.abs(w.data) <= bound) and np.all(np.abs(layer.bias.value) <= bound)
+    indptr, indices = random_pattern(17, 33, density, np.random.default_rng(1))
+    np.testing.assert_array_equal(indptr, w.indptr)
+    np.testing.assert_array_equal(indices, w.indices)
+
+
+def test_same_rng_same_layer_and_dtype():
+    a = SparseLinear(10, 8, density=0.3, rng=np.random.default_rng(4), dtype="float32")
+    b = SparseLinear(10, 8, density=0.3, rng=np.random.default_rng(4), dtype="float32")
+    assert a.weight.dtype == np.float32 and a.bias.value.dtype == np.float32
+    np.testing.assert_array_equal(a.weight.value.data, b.weight.value.data)
+    np.testing.assert_array_equal(a.weight.value.indices, b.weight.value.indices)
+
+
+def test_given_weight_is_copied_and_canonicalised():
+    # unsorted indices, a duplicate (0, 1) twice, a stored zero at (1, 2)
+    w = sp.csr_array((np.array([2.0, 1.0, 0.5, 0.0]), np.array([3, 1, 1, 2]), np.array([0, 3, 4])),
+                     shape=(2, 4))
+    layer = SparseLinear(4, 2, weight=w, bias=False)
+    v = layer.weight.value
+    np.testing.assert_array_equal(v.indices, [1, 3, 2])
+    np.testing.assert_array_equal(v.data, [1.5, 2.0, 0.0])
+    assert v.has_canonical_format and layer.bias is None
+    w.data[:] = 7.0
+    assert v.data[0] == 1.5  # not shared
+
+
+def test_from_dense_keeps_masked_zeros_and_to_dense_round_trips():
+    rng = np.random.default_rng(8)
+    lin = Linear(6, 5, rng=rng)
+    lin.weight.value[1, :] = 0.0
+    mask = rng.random((5, 6)) < 0.5
+    mask[1, :] = True  # six stored zeros
+    layer = SparseLinear.from_dense(lin, mask)
+    assert layer.nnz == int(mask.sum())
+    assert int(np.sum(layer.weight.value.data == 0)) >= 6
+    x = rng.standard_normal((3, 6))
+    masked = Linear(6, 5, rng=rng)
+    masked.weight.value[...] = np.where(mask, lin.weight.value, 0.0)
+    masked.bias.value[...] = lin.bias.value
+    assert_close("y", layer.forward(x), masked.forward(x), 1e-13)
+    back = layer.to_dense()
+    np.testing.assert_array_equal(back.weight.value, masked.weight.value)
+    np.testing.assert_array_equal(back.bias.value, lin.bias.value)
+    assert back.weight.value is not lin.weight.value
+
+
+# ----------------------------------------------------------------------------------------
+# errors name their argument
+def test_functional_input_errors():
+    w = sp.csr_array(np.eye(3, 4))
+    x = np.ones((2, 4))
+    with pytest.raises(TypeError, match="weight: expected a CSR"):
+        sparse_linear_forward(x, w.tocoo(), None)
+    with pytest.raises(TypeError, match="weight: expected a scipy.sparse"):
+        sparse_linear_forward(x, np.eye(3, 4), None)
+    unsorted = sp.csr_array((np.ones(2), np.array([2, 0]), np.array([0, 2, 2, 2])), shape=(3, 4))
+    with pytest.raises(ValueError, match="weight: expected a canonical"):
+        sparse_linear_forward(x, unsorted, None)
+    with pytest.raises(TypeError, match="weight: expected dtype float32"):
+        sparse_linear_forward(x.astype(np.float32), w, None)  # float32 x, float64 weight
+    with pytest.raises(ValueError, match="x: expected shape"):
+        sparse_linear_forward(np.ones((2, 3)), w, None)
+    with pytest.raises(ValueError, match="bias: expected shape"):
+        sparse_linear_forward(x, w, np.ones(4))
+    with pytest.raises(TypeError, match="bias: expected dtype"):
+        sparse_linear_forward(x, w, np.ones(3, np.float32))
+    _, cache = sparse_linear_forward(x, w, None)
+    with pytest.raises(ValueError, match="dy: expected shape"):
+        sparse_linear_backward(np.ones((2, 4)), cache)
+    with pytest.raises(TypeError, match="dy: expected dtype"):
+        sparse_linear_backward(np.ones((2, 3), np.float32), cache)
+
+
+def test_module_input_errors():
+    with pytest.raises(ValueError, match="density, weight: expected exactly one"):
+        SparseLinear(3, 2)
+    with pytest.raises(ValueError, match="density, weight: expected exactly one"):
+        SparseLinear(3, 2, density=0.5, weight=sp.csr_array(np.ones((2, 3))))
+    with pytest.raises(ValueError, match="density: expected a number in"):
+        SparseLinear(3, 2, density=1.5)
+    with pytest.raises(ValueError, match="weight: expected shape"):
+        SparseLinear(3, 2, weight=sp.csr_array(np.ones((3, 2))))
+    with pytest.raises(TypeError, match="weight: expected a scipy.sparse CSR"):
+        SparseLinear(3, 2, weight=sp.coo_array(np.ones((2, 3))))
+    with pytest.raises(TypeError, match="weight: expected dtype float32"):
+        SparseLinear(3, 2, weight=sp.csr_array(np.ones((2, 3))), dtype="float32")
+    with pytest.raises(ValueError, match="in_features"):
+        SparseLinear(0, 2, density=0.5)
+    layer = SparseLinear(3, 2, density=0.5)
+    with pytest.raises(ValueError, match="x: expected last dimension 3"):
+        layer.forward(np.ones((2, 4)))
+    with pytest.raises(TypeError, match="x: expected dtype float64"):
+        layer.forward(np.ones((2, 3), np.float32))
+    with pytest.raises(TypeError, match="mask: expected dtype bool"):
+        SparseLinear.from_dense(Linear(3, 2), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="mask: expected shape"):
+        SparseLinear.from_dense(Linear(3, 2), np.ones((3, 2), bool))
