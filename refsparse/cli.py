@@ -224,7 +224,7 @@ def build_parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model (default: a small language model, ~2.5 min)",
-                       description="Train a model. With no options: a 4-layer decoder-only "
+                       description="Train a model. With no options: a 3-layer decoder-only "
                        "character language model on the built-in corpus (Python's own "
                        "documentation), about 2.5 minutes on 2 cores.")
     t.add_argument("--task", choices=["lm", "copy", "reverse", "sort"],
