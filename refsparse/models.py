@@ -158,8 +158,21 @@ class _OutputHead(Module):
 # --------------------------------------------------------------------------------------
 
 
+class _ConfigDict:
+    """to_dict / from_dict, shared by the model configs."""
+
+    def to_dict(self):
+        """The config as a plain dict (what checkpoints store)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """The config of a dict made by :meth:`to_dict`; unknown keys are an error."""
+        return _config_from_dict(cls, d)
+
+
 @dataclass
-class TransformerConfig:
+class TransformerConfig(_ConfigDict):
     """The encoder-decoder Transformer; defaults are the base model of Vaswani et al. (2017)."""
 
     src_vocab_size: int = 32  # source vocabulary (ids 0 .. src_vocab_size-1)
@@ -183,15 +196,6 @@ class TransformerConfig:
     # a list with one per layer. Encoder and decoder take the same; the decoder's is made
     # causal. Cross-attention stays dense.
     attention: str | list = "full"
-
-    def to_dict(self):
-        """The config as a plain dict (what checkpoints store)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        """The config of a dict made by :meth:`to_dict`; unknown keys are an error."""
-        return _config_from_dict(cls, d)
 
 
 class Transformer(Module):
@@ -326,7 +330,7 @@ class Transformer(Module):
 
 
 @dataclass
-class DecoderLMConfig:
+class DecoderLMConfig(_ConfigDict):
     """A decoder-only, causal language model in the GPT-2 style."""
 
     vocab_size: int = 256  # token vocabulary
@@ -347,15 +351,6 @@ class DecoderLMConfig:
     # "local:window=64", "strided:stride=16", "fixed:block=16,c=2". One spec for all layers,
     # or a list with one per layer.
     attention: str | list = "full"
-
-    def to_dict(self):
-        """The config as a plain dict (what checkpoints store)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        """The config of a dict made by :meth:`to_dict`; unknown keys are an error."""
-        return _config_from_dict(cls, d)
 
 
 class DecoderLM(Module):
