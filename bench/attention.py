@@ -10,8 +10,11 @@ Setting: batch 1, 8 heads, d_head 64, T ∈ {512, …, 16384}, float32 and float
 
 Each library runs in its own process, warms up, and reports the median of repeats, for the
 forward alone and for forward + backward. Memory: the peak of what the sparse path
-allocates beyond its inputs and outputs (tracemalloc; the Numba kernels allocate nothing
-themselves), against one dense T × T float32 matrix. Also prints the exponent k of a fit
+allocates beyond its inputs and outputs, against one dense T × T float32 matrix, measured
+twice: with tracemalloc (which sees NumPy's allocations — the scratch the kernels use is
+allocated by NumPy and passed in) and, independently, as the growth of the peak resident
+set of a fresh process that runs one forward + backward (which sees everything, Numba's
+own allocations included). Also prints the exponent k of a fit
 time ∝ T^k from T = 2048 to 16384 at the fixed window. Before timing, the kernels are
 checked against the dense twin at T = 256.
 
@@ -23,6 +26,7 @@ Prints a markdown table; writes bench/results/attention.json.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -124,6 +128,61 @@ def worker_refsparse(dtype, Ts):
     return rows
 
 
+def _reset_peak_rss():
+    """Reset this process's peak resident set (VmHWM) to its current size (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_since_reset_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def worker_refsparse_rss(dtype, T, name):
+    """Peak-RSS growth of one forward + backward in this fresh process, beyond its outputs.
+
+    The kernels are compiled (or loaded from Numba's cache) at T = 256 first; the inputs and
+    the prepared pattern are made, then the peak is reset to the current resident size, so
+    the growth is what the forward + backward call itself touches.
+    """
+    from refsparse.functional.sparse_attention import (
+        prepare_pattern,
+        sparse_attention_backward,
+        sparse_attention_forward,
+    )
+
+    def fb(q, k, v, g, pp):
+        out, cache = sparse_attention_forward(q, k, v, pp)
+        return out, sparse_attention_backward(g, cache)
+
+    kind = name.split(":")[0]
+    small = {n.split(":")[0]: p for n, p in _patterns(256).items()}[kind]
+    fb(*_inputs(256, dtype), prepare_pattern(small))
+    q, k, v, g = _inputs(T, dtype)
+    pp = prepare_pattern(_patterns(T)[name])
+    # freed memory that malloc keeps would be reused unseen: the worker runs with a fixed
+    # mmap threshold (every large block goes back to the system when freed), and trims
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    _reset_peak_rss()
+    before = _rss_mb()
+    result = fb(q, k, v, g, pp)
+    growth = _peak_rss_since_reset_mb() - before
+    del result
+    return [{"T": T, "pattern": name, "rss_extra_mb": growth - 4 * q.nbytes / 2**20}]
+
+
 def worker_numpy(dtype, Ts):
     import numpy as np
 
@@ -191,11 +250,14 @@ def main():
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
+    p.add_argument("--pattern", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         extra = {}
         if args.worker == "refsparse":
             rows = worker_refsparse(args.dtype, args.T)
+        elif args.worker == "refsparse-rss":
+            rows = worker_refsparse_rss(args.dtype, args.T[0], args.pattern)
         elif args.worker == "numpy":
             rows = worker_numpy(args.dtype, args.T)
         else:
@@ -213,6 +275,14 @@ def main():
             Ts = args.T if lib == "refsparse" else [T for T in args.T if T <= args.dense_max_T]
             if Ts:
                 results.append(run_worker(__file__, [lib, "--dtype", dtype, "--T", *map(str, Ts)]))
+            if lib == "refsparse":  # memory: one fresh process per (T, pattern)
+                for T in Ts:
+                    for name in _patterns(T):
+                        r = run_worker(__file__, ["refsparse-rss", "--dtype", dtype, "--T", str(T), "--pattern", name],
+                                       env={"MALLOC_MMAP_THRESHOLD_": "65536"})
+                        for row in results[-1]["rows"]:
+                            if row["T"] == T and row["pattern"] == name:
+                                row["rss_extra_mb"] = r["rows"][0]["rss_extra_mb"]
 
     table, summary = [], {}
     for dtype in args.dtypes:
@@ -228,17 +298,19 @@ def main():
                 f"{t_row['fwd_bwd_ms']:.1f}" if t_row else "—",
                 f"{t_row['fwd_bwd_ms'] / row['fwd_bwd_ms']:.1f}×" if t_row else "—",
                 f"{row['extra_mb']:.1f} ({100 * row['extra_mb'] / row['dense_TxT_f32_mb']:.2f}%)",
+                f"{row['rss_extra_mb']:.1f} ({100 * row['rss_extra_mb'] / row['dense_TxT_f32_mb']:.2f}%)",
             ])
         local = [(r["T"], r["fwd_bwd_ms"]) for r in by.get("refsparse", {"rows": []})["rows"]
                  if r["pattern"].startswith("local") and 2048 <= r["T"] <= 16384]
         if len(local) >= 2:
             summary[dtype] = {"fitted_exponent_local_2048_16384": fit_exponent(local)}
     print(f"Attention, batch 1, {H} heads, d_head {D}: median ms; speed-up = torch fwd+bwd / refsparse "
-          "fwd+bwd; extra memory = peak allocation of refsparse fwd+bwd beyond inputs and outputs, "
-          "and its share of one dense T×T float32 matrix.\n")
+          "fwd+bwd; extra memory = peak allocation of refsparse fwd+bwd beyond inputs and outputs "
+          "(tracemalloc; and peak-RSS growth in a fresh process), and its share of one dense T×T "
+          "float32 matrix.\n")
     print(markdown_table(["dtype", "T", "refsparse pattern", "fwd ms", "fwd+bwd ms",
                           "numpy dense fwd+bwd ms", "torch SDPA causal fwd+bwd ms", "speed-up vs torch",
-                          "extra memory MB"], table))
+                          "extra memory MB", "extra RSS MB (fresh process)"], table))
     for dtype, s in summary.items():
         print(f"\n{dtype}: time ∝ T^{s['fitted_exponent_local_2048_16384']:.2f} for the window-128 pattern "
               "(fit from T = 2048 to 16384)")

@@ -119,6 +119,80 @@ def test_float32_in_float32_out_and_close(case):
         assert_close(name, mine, theirs, 1e-5)
 
 
+def _pad(p, t_q, t_k):
+    """Pattern p in the top-left corner of a (t_q, t_k) pattern; the other rows are empty."""
+    n_q, n_k = p.shape
+    return sp.csr_array(sp.block_diag([p, sp.csr_array((t_q - n_q, t_k - n_k), dtype=bool)]).astype(bool))
+
+
+def _structured_patterns(t_q, t_k):
+    """Patterns whose groups of 4 rows share long key runs (the kernels' fast path), with
+    short last groups (T not a multiple of 4) and, for T_q != T_k, empty rows or unseen keys."""
+    from refsparse import patterns as P
+
+    t = min(t_q, t_k)
+    pats = {
+        "local": P.local(t, 5),
+        "local_both_sides": P.local(t, 4, causal=False),
+        "strided": P.strided(t, 4),
+        "bigbird": P.bigbird(t - t % 3, 3, seed=1),
+        "full": P.full(t),
+    }
+    return {n: _pad(p, t_q, t_k) for n, p in pats.items()}
+
+
+@pytest.mark.parametrize("t_q,t_k", [(23, 23), (17, 26), (30, 13)])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_fast_path_and_general_path_equal_dense_twin(t_q, t_k, dtype, tol):
+    """Structured patterns take the shared-run fast path for most entries; one head with a
+    random pattern and a group with an empty row take the general path."""
+    rng = np.random.default_rng(11)
+    B, H, D, Dv = 2, 3, 8, 5
+    q = rng.standard_normal((B, H, t_q, D)).astype(dtype)
+    k = rng.standard_normal((B, H, t_k, D)).astype(dtype)
+    v = rng.standard_normal((B, H, t_k, Dv)).astype(dtype)
+    for name, pat in _structured_patterns(t_q, t_k).items():
+        rand = random_pattern(rng, t_q, t_k, 0.3)  # rows 0-2: empty, single entry, full
+        holed = pat.tolil()
+        holed[5] = False  # an empty row inside a group: that group has no shared run
+        pattern = [pat, rand, sp.csr_array(holed)]
+        pp = prepare_pattern(pattern)
+        assert pp.seg_len[0, 0].sum() > 0 and pp.t_seg_len[0, 0].sum() > 0, name  # fast path used
+        assert pp.seg_len[0, 2, 1] == 0, name  # the group with the empty row 5
+        out, cache = sparse_attention_forward(q, k, v, pp)
+        out_d, cache_d = F.attention_forward(q, k, v, dense_mask(pattern, B, H))
+        assert_close(f"{name} out", out, out_d, tol)
+        dout = rng.standard_normal(out.shape).astype(dtype)
+        for g, mine, theirs in zip(("dq", "dk", "dv"), sparse_attention_backward(dout, cache),
+                                   F.attention_backward(dout, cache_d)):
+            assert_close(f"{name} {g}", mine, theirs, tol)
+
+
+def test_shared_segments_of_a_causal_window():
+    from refsparse import patterns as P
+    from refsparse.kernels.sparse_attention import shared_segments
+
+    w, t = 6, 22
+    pp = prepare_pattern(P.local(t, w))
+    start, length = pp.seg_start[0, 0], pp.seg_len[0, 0]  # (6, 4), (6,)
+    assert length.shape == (6,)  # ceil(22 / 4) groups; the last has 2 rows
+    for g in range(5):
+        i0 = 4 * g
+        lo, hi = max(0, i0 + 3 - w + 1), i0 + 1  # keys all four rows hold
+        assert length[g] == hi - lo
+        for r in range(4):
+            row = pp.indices[pp.indptr[0, 0, i0 + r]:pp.indptr[0, 0, i0 + r + 1]]
+            assert list(pp.indices[start[g, r]:start[g, r] + length[g]]) == list(range(lo, hi))
+            assert row[start[g, r] - pp.indptr[0, 0, i0 + r]] == lo
+    assert length[5] == 0  # short last group: general path
+    # rows that share keys at non-consecutive positions: the longest consecutive run counts
+    dense = np.zeros((4, 10), bool)
+    dense[:, [0, 1, 2, 5, 6, 7, 8]] = True
+    dense[1, 4] = True  # row 1 has key 4 between 2 and 5: the runs are 0-2 and 5-8
+    s_, l_ = shared_segments(*prepare_pattern(sp.csr_array(dense))[1:3])
+    assert l_[0, 0, 0] == 4 and list(s_[0, 0, 0]) == [3, 11, 18, 25]  # key 5 in each row
+
+
 def test_empty_rows_give_zero_output_and_zero_gradients():
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((2, 2, 5, 3)) for _ in range(3))

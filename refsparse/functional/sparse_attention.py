@@ -32,6 +32,8 @@ import scipy.sparse as sp
 
 from .._checks import check_float, check_same_dtype, check_shape
 from ..kernels.sparse_attention import (
+    new_work,
+    shared_segments,
     sparse_attention_bwd_dkv,
     sparse_attention_bwd_dq,
     sparse_attention_fwd,
@@ -43,13 +45,20 @@ __all__ = ["PreparedPattern", "SparseAttentionCache", "prepare_pattern",
 
 
 class PreparedPattern(NamedTuple):
-    """A pattern in the kernels' layout, with its transpose; build with prepare_pattern."""
+    """A pattern in the kernels' layout, with its transpose and the shared key runs of each
+    group of 4 rows (see refsparse/kernels/sparse_attention.py); build with prepare_pattern.
+    """
 
     shape: tuple  # (Tq, Tk)
     indptr: np.ndarray  # (PB, PH, Tq+1) int64, absolute offsets into indices
     indices: np.ndarray  # (nnz_all,) int32 key ids
     t_indptr: np.ndarray  # (PB, PH, Tk+1) int64, the transposed patterns
     t_indices: np.ndarray  # (nnz_all,) int32 query ids
+    seg_start: np.ndarray  # (PB, PH, ceil(Tq/4), 4) int64, the shared run of each group of rows
+    seg_len: np.ndarray  # (PB, PH, ceil(Tq/4)) int64
+    t_seg_start: np.ndarray  # (PB, PH, ceil(Tk/4), 4) int64, the same for groups of keys
+    t_seg_len: np.ndarray  # (PB, PH, ceil(Tk/4)) int64
+    width: int  # the longest row or column: the kernels' scratch width
 
     @property
     def groups(self):
@@ -84,7 +93,8 @@ def _as_grid(pattern):
 def prepare_pattern(pattern):
     """Turn a pattern (CSR, per-head list, per-batch list of lists) into the kernels' layout.
 
-    Builds each pattern's transpose once (for the dK/dV pass). O(nnz) time and memory.
+    Builds each pattern's transpose once (for the dK/dV pass) and the shared key runs of
+    each group of 4 rows and of 4 columns (the kernels' fast path). O(nnz) time and memory.
     """
     if isinstance(pattern, PreparedPattern):
         return pattern
@@ -114,7 +124,11 @@ def prepare_pattern(pattern):
             offset += n
     indices = np.concatenate(parts) if parts else np.empty(0, np.int32)
     t_indices = np.concatenate(t_parts) if t_parts else np.empty(0, np.int32)
-    return PreparedPattern(shape, indptr, indices, t_indptr, t_indices)
+    seg_start, seg_len = shared_segments(indptr, indices)
+    t_seg_start, t_seg_len = shared_segments(t_indptr, t_indices)
+    width = max(int(np.diff(indptr, axis=2).max(initial=0)), int(np.diff(t_indptr, axis=2).max(initial=0)))
+    return PreparedPattern(shape, indptr, indices, t_indptr, t_indices, seg_start, seg_len,
+                           t_seg_start, t_seg_len, width)
 
 
 class SparseAttentionCache(NamedTuple):
@@ -175,7 +189,8 @@ def sparse_attention_forward(q, k, v, pattern):
     qt, kt, vt = _to_kernel_layout(q), _to_kernel_layout(k), _to_kernel_layout(v)  # (B, T, H, D)
     out = np.empty((B, Tq, H, v.shape[3]), dtype=dtype)  # (B, Tq, H, Dv)
     lse = np.empty((B, H, Tq), dtype=dtype)
-    sparse_attention_fwd(qt, kt, vt, pp.indptr, pp.indices, scale, out, lse)
+    work = new_work(pp.width, dtype)  # (n_threads, 2, 4, width) scratch rows of scores
+    sparse_attention_fwd(qt, kt, vt, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale, out, lse, work)
     cache = SparseAttentionCache(qt, kt, vt, out, lse, pp, scale)
     return out.transpose(0, 2, 1, 3), cache  # (B, H, Tq, Dv) view
 
@@ -197,7 +212,10 @@ def sparse_attention_backward(dout, cache):
     dk = np.empty_like(k)
     dv = np.empty_like(v)
     delta = np.empty((B, H, Tq), dtype=q.dtype)
-    sparse_attention_bwd_dq(q, k, v, out, dO, lse, pp.indptr, pp.indices, scale, dq, delta)
-    sparse_attention_bwd_dkv(q, k, v, dO, lse, delta, pp.t_indptr, pp.t_indices, scale, dk, dv)
+    work = new_work(pp.width, q.dtype)  # (n_threads, 2, 4, width) scratch rows
+    sparse_attention_bwd_dq(q, k, v, out, dO, lse, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale,
+                            dq, delta, work)
+    sparse_attention_bwd_dkv(q, k, v, dO, lse, delta, pp.t_indptr, pp.t_indices, pp.t_seg_start, pp.t_seg_len,
+                             scale, dk, dv, work)
     t = (0, 2, 1, 3)
     return dq.transpose(t), dk.transpose(t), dv.transpose(t)

@@ -18,14 +18,43 @@ Pattern arrays (CSR of the boolean (Tq, Tk) pattern, one per (batch, head) group
     (b, h) uses pattern (b if PB > 1 else 0, h if PH > 1 else 0).
 
 The transposed pattern (t_indptr (PB, PH, Tk+1), t_indices = query ids) drives the
-dK/dV kernel, which is then row-parallel over keys: no two threads write one row.
+dK/dV kernel, which is then parallel over keys: no two threads write one row.
+
+Row groups and their shared keys
+--------------------------------
+The kernels work on groups of G = 4 consecutive rows (queries; keys in the dK/dV
+kernel). Neighbouring rows of local, strided, block and BigBird patterns mostly attend to
+the same keys: in a causal window of 128, rows i … i+3 share 125 keys. For each group,
+:func:`shared_segments` finds once per pattern the longest run of keys that all G rows
+hold at consecutive positions of their CSR rows:
+
+    seg_start (PB, PH, n_groups, G) int64   absolute offset in ``indices`` where the run
+                                            starts in each row of the group
+    seg_len   (PB, PH, n_groups) int64      its length (0: no shared run, or a group of
+                                            fewer than G rows at the end)
+
+Every entry is still computed exactly once:
+
+- **shared run (fast path)**: for each key j of the run, the G rows' dot products with
+  k_j are one loop over d with G accumulators (k_j is loaded once for G rows), and the
+  weighted sums add w_rj·v_j into G rows in one loop over d;
+- **the rest of each row (general path)**: entry by entry, one row at a time — for a
+  pattern with no shared keys (random patterns) this is the whole computation.
+
+The order of the terms of each sum changes (shared run first), not the terms.
+
+Per group the kernels first fill a scratch row of scores per query (``work``: (n_threads,
+2, G, width) with width ≥ the longest row), then softmax each row in place, then
+accumulate — three short loops instead of an online softmax, so the exp calls run in a
+tight loop and no rescaling is needed.
 
 NumPy twin: ``refsparse.functional.attention_forward`` / ``attention_backward`` with the
 dense boolean mask ``pattern.toarray()`` — the tests hold these kernels to it.
 
-Cost: forward 2·nnz·D flops and one exp per entry (online softmax, one pass); backward
-7·nnz·D flops and two exps per entry (scores recomputed from ``lse``, as FlashAttention
-does). Memory: O(B·H·T) besides inputs and outputs — never O(T²).
+Cost: forward 2·nnz·D multiply-adds and one exp per entry; backward 7·nnz·D multiply-adds
+and two exps per entry (scores recomputed from ``lse``, as FlashAttention does). Memory besides
+inputs and outputs: O(B·H·T) (lse, delta), the pattern, and 2·G·width numbers per thread —
+never O(T²).
 """
 
 from __future__ import annotations
@@ -33,121 +62,306 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+G = 4  # rows per group (the fast path's register blocking)
+
 _FLAGS = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+_INNER = dict(cache=True, fastmath={"reassoc", "contract"})
+
+
+@numba.njit(cache=True)
+def shared_segments(indptr, indices):
+    """For each group of G consecutive rows, the longest run of keys the G rows share at
+    consecutive positions.
+
+    indptr (PB, PH, T+1) int64, indices (nnz_all,) int32, rows sorted.
+    Returns seg_start (PB, PH, n_groups, G) int64, seg_len (PB, PH, n_groups) int64, with
+    n_groups = ceil(T / G). Where seg_len is 0, seg_start holds each row's first offset.
+
+    A G-way merge of the sorted rows: O(nnz) per pattern, run once by prepare_pattern.
+    """
+    PB, PH, T1 = indptr.shape
+    T = T1 - 1
+    n_groups = (T + G - 1) // G
+    seg_start = np.zeros((PB, PH, n_groups, G), dtype=np.int64)
+    seg_len = np.zeros((PB, PH, n_groups), dtype=np.int64)
+    pos = np.empty(G, dtype=np.int64)  # merge cursor in each row
+    last = np.empty(G, dtype=np.int64)  # positions of the previous shared key
+    run = np.empty(G, dtype=np.int64)  # where the current run starts in each row
+    for pb in range(PB):
+        for ph in range(PH):
+            ip = indptr[pb, ph]  # (T+1,)
+            for g in range(n_groups):
+                i0 = g * G
+                for r in range(G):
+                    seg_start[pb, ph, g, r] = ip[min(i0 + r, T)]
+                if i0 + G > T:
+                    continue  # a short last group: general path only
+                for r in range(G):
+                    pos[r] = ip[i0 + r]
+                best = 0
+                n_run = 0
+                while True:
+                    top = -1  # the largest current key: every row advances to it
+                    for r in range(G):
+                        if pos[r] < ip[i0 + r + 1]:
+                            top = max(top, indices[pos[r]])
+                    exhausted = False
+                    equal = True
+                    for r in range(G):
+                        while pos[r] < ip[i0 + r + 1] and indices[pos[r]] < top:
+                            pos[r] += 1
+                        if pos[r] == ip[i0 + r + 1]:
+                            exhausted = True  # a row has no key left: no more shared keys
+                        elif indices[pos[r]] != top:
+                            equal = False
+                    if exhausted:
+                        break
+                    if not equal:
+                        continue
+                    # `top` is shared, at positions pos[r]: extend the run or start one
+                    consecutive = n_run > 0
+                    for r in range(G):
+                        consecutive = consecutive and pos[r] == last[r] + 1
+                    if not consecutive:
+                        n_run = 0
+                        for r in range(G):
+                            run[r] = pos[r]
+                    n_run += 1
+                    if n_run > best:
+                        best = n_run
+                        for r in range(G):
+                            seg_start[pb, ph, g, r] = run[r]
+                    for r in range(G):
+                        last[r] = pos[r]
+                        pos[r] += 1
+                seg_len[pb, ph, g] = best
+    return seg_start, seg_len
+
+
+@numba.njit(**_INNER)
+def _group_dots(S, A, X, b, h, i0, n_rows, ip, indices, start, n_shared):
+    """S[r, t] = A[b, i0+r, h] · X[b, indices[ip[i0+r] + t], h] for every entry t of the
+    rows i0 … i0+n_rows-1 of one group. S (G, width); A (B, T, H, D); X (B, T', H, D).
+
+    Fast path: the shared run (n_shared keys at offsets start[r] …) with G rows at once;
+    general path: the rest of each row.
+    """
+    D = A.shape[3]
+    zero = A.dtype.type(0)
+    if n_shared > 0:  # here n_rows == G == 4
+        a0, a1, a2, a3 = A[b, i0, h], A[b, i0 + 1, h], A[b, i0 + 2, h], A[b, i0 + 3, h]  # (D,)
+        o0 = start[0] - ip[i0]  # where the run sits in each scratch row
+        o1 = start[1] - ip[i0 + 1]
+        o2 = start[2] - ip[i0 + 2]
+        o3 = start[3] - ip[i0 + 3]
+        s = start[0]
+        for t in range(n_shared):
+            x = X[b, indices[s + t], h]  # (D,) loaded once for the four rows
+            d0 = zero
+            d1 = zero
+            d2 = zero
+            d3 = zero
+            for d in range(D):
+                xd = x[d]
+                d0 += a0[d] * xd
+                d1 += a1[d] * xd
+                d2 += a2[d] * xd
+                d3 += a3[d] * xd
+            S[0, o0 + t] = d0
+            S[1, o1 + t] = d1
+            S[2, o2 + t] = d2
+            S[3, o3 + t] = d3
+    for r in range(n_rows):
+        i = i0 + r
+        e0, e1 = ip[i], ip[i + 1]
+        c0 = start[r]
+        c1 = c0 + n_shared
+        a = A[b, i, h]  # (D,)
+        sr = S[r]
+        for part in range(2):  # the entries before the shared run, then after it
+            p0, p1 = (e0, c0) if part == 0 else (c1, e1)
+            for e in range(p0, p1):
+                x = X[b, indices[e], h]  # (D,)
+                acc = zero
+                for d in range(D):
+                    acc += a[d] * x[d]
+                sr[e - e0] = acc
+
+
+@numba.njit(**_INNER)
+def _group_accumulate(O, W, X, b, h, i0, n_rows, ip, indices, start, n_shared):
+    """O[b, i0+r, h] += Σ_t W[r, t] · X[b, indices[ip[i0+r] + t], h] for the rows of one
+    group. O (B, T, H, Dv) written; W (G, width); X (B, T', H, Dv).
+
+    Fast path: the shared run adds into the G rows in one loop over d per key;
+    general path: the rest of each row.
+    """
+    Dv = X.shape[3]
+    if n_shared > 0:
+        y0, y1, y2, y3 = O[b, i0, h], O[b, i0 + 1, h], O[b, i0 + 2, h], O[b, i0 + 3, h]  # (Dv,)
+        o0 = start[0] - ip[i0]
+        o1 = start[1] - ip[i0 + 1]
+        o2 = start[2] - ip[i0 + 2]
+        o3 = start[3] - ip[i0 + 3]
+        s = start[0]
+        t = 0
+        while t + 2 <= n_shared:  # two keys per pass: half the loads and stores of y
+            x = X[b, indices[s + t], h]  # (Dv,)
+            z = X[b, indices[s + t + 1], h]
+            w0, u0 = W[0, o0 + t], W[0, o0 + t + 1]
+            w1, u1 = W[1, o1 + t], W[1, o1 + t + 1]
+            w2, u2 = W[2, o2 + t], W[2, o2 + t + 1]
+            w3, u3 = W[3, o3 + t], W[3, o3 + t + 1]
+            for d in range(Dv):
+                xd = x[d]
+                zd = z[d]
+                y0[d] += w0 * xd + u0 * zd
+                y1[d] += w1 * xd + u1 * zd
+                y2[d] += w2 * xd + u2 * zd
+                y3[d] += w3 * xd + u3 * zd
+            t += 2
+        if t < n_shared:  # an odd last key
+            x = X[b, indices[s + t], h]
+            w0, w1, w2, w3 = W[0, o0 + t], W[1, o1 + t], W[2, o2 + t], W[3, o3 + t]
+            for d in range(Dv):
+                xd = x[d]
+                y0[d] += w0 * xd
+                y1[d] += w1 * xd
+                y2[d] += w2 * xd
+                y3[d] += w3 * xd
+    for r in range(n_rows):
+        i = i0 + r
+        e0, e1 = ip[i], ip[i + 1]
+        c0 = start[r]
+        c1 = c0 + n_shared
+        y = O[b, i, h]  # (Dv,)
+        wr = W[r]
+        for part in range(2):  # the entries before the shared run, then after it
+            p0, p1 = (e0, c0) if part == 0 else (c1, e1)
+            for e in range(p0, p1):
+                x = X[b, indices[e], h]  # (Dv,)
+                w = wr[e - e0]
+                for d in range(Dv):
+                    y[d] += w * x[d]
 
 
 @numba.njit(**_FLAGS)
-def sparse_attention_fwd(q, k, v, indptr, indices, scale, out, lse):
+def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, out, lse, work):
     """Forward over the pattern's entries only; writes ``out`` and ``lse``.
 
-    For each (b, h, i), over the stored keys j of row i (online softmax, Milakov &
-    Gimelshein 2018): s_j = q_i · k_j · scale, m = max_j s_j, l = Σ_j exp(s_j − m),
-    out_i = Σ_j exp(s_j − m) v_j / l, lse_i = m + log l. An empty row gives out_i = 0 and
-    lse_i = −∞.
+    For each (b, h, i), over the stored keys j of row i:
+    s_j = q_i · k_j · scale, m = max_j s_j, l = Σ_j exp(s_j − m),
+    p_j = exp(s_j − m) / l, out_i = Σ_j p_j v_j, lse_i = m + log l.
+    An empty row gives out_i = 0 and lse_i = −∞.
 
-    ``scale`` must be a scalar of q's dtype. Complexity O(nnz · (D + Dv)) per (b, h).
+    Parallel over (b, h, group of G query rows); per group: 1. the scores of its rows into
+    a scratch row each (work[thread, 0], (G, width)), 2. softmax of each row in place,
+    3. out rows = Σ p_j v_j. ``scale`` must be a scalar of q's dtype.
+    Complexity O(nnz · (D + Dv)) per (b, h).
     """
-    B, Tq, H, D = q.shape
+    B, Tq, H, _ = q.shape
     Dv = v.shape[3]
     PB, PH = indptr.shape[0], indptr.shape[1]
+    NG = seg_len.shape[2]  # groups of G query rows
     zero = q.dtype.type(0)
     one = q.dtype.type(1)
-    neg_inf = q.dtype.type(-np.inf)
-    for r in numba.prange(B * H * Tq):
-        b = r // (H * Tq)
-        h = (r // Tq) % H
-        i = r % Tq
+    neg_inf = q.dtype.type(-np.inf)  # typed: a float64 −∞ would turn the row max and exp to float64
+    for task in numba.prange(B * H * NG):
+        b = task // (H * NG)
+        h = (task // NG) % H
+        g = task % NG
         pb = b if PB > 1 else 0
         ph = h if PH > 1 else 0
-        e0 = indptr[pb, ph, i]
-        e1 = indptr[pb, ph, i + 1]
-        o = out[b, i, h]  # (Dv,) the accumulator, then the output row
-        for d in range(Dv):
-            o[d] = zero
-        if e0 == e1:
-            lse[b, h, i] = neg_inf
-            continue
-        qi = q[b, i, h]  # (D,)
-        m = neg_inf
-        l = zero
-        for e in range(e0, e1):
-            j = indices[e]
-            kj = k[b, j, h]
-            s = zero
-            for d in range(D):
-                s += qi[d] * kj[d]
-            s *= scale
-            if s > m:  # a new row max: rescale what has been summed so far
-                c = np.exp(m - s)  # exp(−∞) = 0 at the first entry
-                l *= c
-                for d in range(Dv):
-                    o[d] *= c
-                m = s
-            p = np.exp(s - m)
-            l += p
-            vj = v[b, j, h]
+        ip = indptr[pb, ph]  # (Tq+1,)
+        i0 = g * G
+        n_rows = min(G, Tq - i0)
+        start = seg_start[pb, ph, g]  # (G,)
+        n_shared = seg_len[pb, ph, g]
+        S = work[numba.get_thread_id(), 0]  # (G, width) scores, then probabilities
+        # 1. scores (unscaled dot products)
+        _group_dots(S, q, k, b, h, i0, n_rows, ip, indices, start, n_shared)
+        # 2. softmax of each row, in place
+        for r in range(n_rows):
+            i = i0 + r
+            n = ip[i + 1] - ip[i]
+            o = out[b, i, h]  # (Dv,)
             for d in range(Dv):
-                o[d] += p * vj[d]
-        inv = one / l
-        for d in range(Dv):
-            o[d] *= inv
-        lse[b, h, i] = m + np.log(l)
+                o[d] = zero
+            if n == 0:
+                lse[b, h, i] = neg_inf
+                continue
+            sr = S[r]
+            m = neg_inf
+            for t in range(n):
+                sr[t] *= scale
+                m = max(m, sr[t])
+            l = zero
+            for t in range(n):
+                p = np.exp(sr[t] - m)
+                sr[t] = p
+                l += p
+            inv = one / l
+            for t in range(n):
+                sr[t] *= inv
+            lse[b, h, i] = m + np.log(l)
+        # 3. out_i = Σ_j p_ij v_j
+        _group_accumulate(out, S, v, b, h, i0, n_rows, ip, indices, start, n_shared)
 
 
 @numba.njit(**_FLAGS)
-def sparse_attention_bwd_dq(q, k, v, out, dout, lse, indptr, indices, scale, dq, delta):
-    """dQ, row-parallel over queries; also writes delta_i = dO_i · O_i for the dK/dV pass.
+def sparse_attention_bwd_dq(q, k, v, out, dout, lse, indptr, indices, seg_start, seg_len, scale,
+                            dq, delta, work):
+    """dQ, parallel over (b, h, group of G query rows); also writes delta_i = dO_i · O_i for
+    the dK/dV pass.
 
     With p_ij = exp(q_i · k_j · scale − lse_i) recomputed per stored entry:
     dp_ij = dO_i · v_j, ds_ij = p_ij (dp_ij − delta_i), dq_i = scale · Σ_j ds_ij k_j
-    (delta_i = Σ_j p_ij dp_ij = dO_i · O_i: docs/backprop.md, section Attention).
+    (delta_i = Σ_j p_ij dp_ij = dO_i · O_i: docs/sparse-attention.md, Backward).
     """
     B, Tq, H, D = q.shape
     Dv = v.shape[3]
     PB, PH = indptr.shape[0], indptr.shape[1]
+    NG = seg_len.shape[2]
     zero = q.dtype.type(0)
-    for r in numba.prange(B * H * Tq):
-        b = r // (H * Tq)
-        h = (r // Tq) % H
-        i = r % Tq
+    for task in numba.prange(B * H * NG):
+        b = task // (H * NG)
+        h = (task // NG) % H
+        g = task % NG
         pb = b if PB > 1 else 0
         ph = h if PH > 1 else 0
-        e0 = indptr[pb, ph, i]
-        e1 = indptr[pb, ph, i + 1]
-        doi = dout[b, i, h]  # (Dv,)
-        oi = out[b, i, h]
-        dl = zero
-        for d in range(Dv):
-            dl += doi[d] * oi[d]
-        delta[b, h, i] = dl
-        dqi = dq[b, i, h]  # (D,)
-        for d in range(D):
-            dqi[d] = zero
-        if e0 == e1:
-            continue
-        qi = q[b, i, h]
-        L = lse[b, h, i]
-        for e in range(e0, e1):
-            j = indices[e]
-            kj = k[b, j, h]
-            vj = v[b, j, h]
-            s = zero
-            for d in range(D):
-                s += qi[d] * kj[d]
-            p = np.exp(s * scale - L)
-            dp = zero
+        ip = indptr[pb, ph]  # (Tq+1,)
+        i0 = g * G
+        n_rows = min(G, Tq - i0)
+        start = seg_start[pb, ph, g]
+        n_shared = seg_len[pb, ph, g]
+        S = work[numba.get_thread_id(), 0]  # (G, width) scores, then p
+        dS = work[numba.get_thread_id(), 1]  # (G, width) dp, then ds
+        _group_dots(S, q, k, b, h, i0, n_rows, ip, indices, start, n_shared)
+        _group_dots(dS, dout, v, b, h, i0, n_rows, ip, indices, start, n_shared)
+        for r in range(n_rows):
+            i = i0 + r
+            doi = dout[b, i, h]  # (Dv,)
+            oi = out[b, i, h]
+            dl = zero
             for d in range(Dv):
-                dp += doi[d] * vj[d]
-            ds = p * (dp - dl)
+                dl += doi[d] * oi[d]
+            delta[b, h, i] = dl
+            dqi = dq[b, i, h]  # (D,)
             for d in range(D):
-                dqi[d] += ds * kj[d]
-        for d in range(D):
-            dqi[d] *= scale
+                dqi[d] = zero
+            L = lse[b, h, i]
+            sr = S[r]
+            dsr = dS[r]
+            for t in range(ip[i + 1] - ip[i]):
+                p = np.exp(sr[t] * scale - L)
+                dsr[t] = scale * p * (dsr[t] - dl)  # scale · ds_ij, so dq needs no rescaling
+        _group_accumulate(dq, dS, k, b, h, i0, n_rows, ip, indices, start, n_shared)
 
 
 @numba.njit(**_FLAGS)
-def sparse_attention_bwd_dkv(q, k, v, dout, lse, delta, t_indptr, t_indices, scale, dk, dv):
-    """dK and dV, row-parallel over keys through the transposed pattern.
+def sparse_attention_bwd_dkv(q, k, v, dout, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len,
+                             scale, dk, dv, work):
+    """dK and dV, parallel over (b, h, group of G keys) through the transposed pattern.
 
     For each key j and each query i that may attend to it:
     dv_j += p_ij dO_i,   dk_j += scale · p_ij (dO_i · v_j − delta_i) q_i.
@@ -156,39 +370,44 @@ def sparse_attention_bwd_dkv(q, k, v, dout, lse, delta, t_indptr, t_indices, sca
     B, Tk, H, D = k.shape
     Dv = v.shape[3]
     PB, PH = t_indptr.shape[0], t_indptr.shape[1]
+    NG = t_seg_len.shape[2]  # groups of G keys
     zero = q.dtype.type(0)
-    for r in numba.prange(B * H * Tk):
-        b = r // (H * Tk)
-        h = (r // Tk) % H
-        j = r % Tk
+    for task in numba.prange(B * H * NG):
+        b = task // (H * NG)
+        h = (task // NG) % H
+        g = task % NG
         pb = b if PB > 1 else 0
         ph = h if PH > 1 else 0
-        e0 = t_indptr[pb, ph, j]
-        e1 = t_indptr[pb, ph, j + 1]
-        dkj = dk[b, j, h]  # (D,)
-        dvj = dv[b, j, h]  # (Dv,)
-        for d in range(D):
-            dkj[d] = zero
-        for d in range(Dv):
-            dvj[d] = zero
-        if e0 == e1:
-            continue
-        kj = k[b, j, h]
-        vj = v[b, j, h]
-        for e in range(e0, e1):
-            i = t_indices[e]
-            qi = q[b, i, h]
-            doi = dout[b, i, h]
-            s = zero
+        ip = t_indptr[pb, ph]  # (Tk+1,) column j lists the queries that attend to key j
+        j0 = g * G
+        n_rows = min(G, Tk - j0)
+        start = t_seg_start[pb, ph, g]
+        n_shared = t_seg_len[pb, ph, g]
+        P = work[numba.get_thread_id(), 0]  # (G, width) scores, then p
+        dS = work[numba.get_thread_id(), 1]  # (G, width) dp, then scale · ds
+        _group_dots(P, k, q, b, h, j0, n_rows, ip, t_indices, start, n_shared)
+        _group_dots(dS, v, dout, b, h, j0, n_rows, ip, t_indices, start, n_shared)
+        for r in range(n_rows):
+            j = j0 + r
+            dkj = dk[b, j, h]  # (D,)
+            dvj = dv[b, j, h]  # (Dv,)
             for d in range(D):
-                s += qi[d] * kj[d]
-            p = np.exp(s * scale - lse[b, h, i])
-            dp = zero
+                dkj[d] = zero
             for d in range(Dv):
-                dvj[d] += p * doi[d]
-                dp += doi[d] * vj[d]
-            ds = p * (dp - delta[b, h, i])
-            for d in range(D):
-                dkj[d] += ds * qi[d]
-        for d in range(D):
-            dkj[d] *= scale
+                dvj[d] = zero
+            e0 = ip[j]
+            pr = P[r]
+            dsr = dS[r]
+            for t in range(ip[j + 1] - e0):
+                i = t_indices[e0 + t]
+                p = np.exp(pr[t] * scale - lse[b, h, i])
+                pr[t] = p
+                dsr[t] = scale * p * (dsr[t] - delta[b, h, i])
+        _group_accumulate(dv, P, dout, b, h, j0, n_rows, ip, t_indices, start, n_shared)
+        _group_accumulate(dk, dS, q, b, h, j0, n_rows, ip, t_indices, start, n_shared)
+
+
+def new_work(width, dtype):
+    """The kernels' per-thread scratch: (n_threads, 2, G, width) — two score rows per row of
+    a group, width ≥ the longest row (or column, for the dK/dV kernel) of the pattern."""
+    return np.empty((numba.config.NUMBA_NUM_THREADS, 2, G, max(int(width), 1)), dtype=dtype)
