@@ -111,6 +111,13 @@ def worker_torch(dtype, steps, warmup):
     return first, times, n, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+def _split_threads():
+    """Over how many threads refsparse splits its big matrix products (1: BLAS threads them)."""
+    from refsparse.kernels.parallel import num_threads
+
+    return num_threads()
+
+
 def worker(args):
     extra = {}
     if args.lib == "refsparse":
@@ -121,7 +128,8 @@ def worker(args):
     med = statistics.median(times)
     result = {"lib": args.lib, "dtype": args.dtype, "first_loss": first, "times_s": times,
               "median_ms": 1000 * med, "tokens_per_s": tokens / med, "peak_rss_mb": peak_rss_mb(),
-              "parameters": n, "env": environment(), **extra}
+              "parameters": n, "env": environment(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+              "refsparse_split_threads": _split_threads() if args.lib == "refsparse" else None, **extra}
     with open(args.json, "w") as f:
         json.dump(result, f)
 
@@ -133,6 +141,9 @@ def main():
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     p.add_argument("--refsparse-blas-threads", default=os.environ.get("OPENBLAS_NUM_THREADS", "1"),
                    help="OPENBLAS_NUM_THREADS for the refsparse process (default 1, as refsparse train)")
+    p.add_argument("--refsparse-omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY", "passive"),
+                   help="OMP_WAIT_POLICY for the refsparse process (default passive: Numba's OpenMP "
+                        "threads sleep between kernels instead of spinning for milliseconds)")
     p.add_argument("--worker", choices=["refsparse", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--lib", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -147,8 +158,11 @@ def main():
     for dtype in args.dtypes:
         for lib in ("refsparse", "torch"):
             print(f"running {lib} {dtype} ...", file=sys.stderr)
-            # refsparse as `refsparse train` runs it: OpenBLAS on one thread, Numba on all cores
-            env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads} if lib == "refsparse" else None
+            # refsparse as `refsparse train` runs it: OpenBLAS on one thread (refsparse splits
+            # the big products over its own threads), Numba on all cores, and Numba's OpenMP
+            # threads asleep between kernels instead of spinning into the next product
+            env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads,
+                   "OMP_WAIT_POLICY": args.refsparse_omp_wait_policy} if lib == "refsparse" else None
             results.append(run_worker(__file__, [lib, "--dtype", dtype, "--steps", str(args.steps),
                                                  "--warmup", str(args.warmup)], env=env))
     rows = []
@@ -167,7 +181,8 @@ def main():
           f"{SHAPE['n_heads']} heads, T {SHAPE['seq_len']}, batch {SHAPE['batch']}, "
           f"{results[0]['parameters']:,} parameters; median of {args.steps} steps after {args.warmup} "
           f"warm-up steps, each library in its own process; refsparse with OPENBLAS_NUM_THREADS="
-          f"{args.refsparse_blas_threads} (Numba kernels on all cores), torch with its defaults.\n")
+          f"{args.refsparse_blas_threads} and OMP_WAIT_POLICY={args.refsparse_omp_wait_policy} "
+          f"(Numba kernels and the split matrix products on all cores), torch with its defaults.\n")
     print(markdown_table(["library", "dtype", "ms/step", "tokens/s", "peak RSS (MB)",
                           "ratio to torch"], rows))
     for c in checks:

@@ -43,6 +43,12 @@ import numpy as np
 
 from refsparse.nn.module import Parameter
 
+from .kernels import adam as _adam_kernel
+
+# Adam(W) updates of parameters with at least this many entries run the Numba kernel
+# (bit-identical to the NumPy code below it; smaller ones are not worth starting threads)
+_KERNEL_MIN_SIZE = 16384
+
 __all__ = [
     "SGD",
     "Adam",
@@ -503,7 +509,24 @@ class Adam(Optimizer):
         if st is None:
             st = self.state[name] = {"exp_avg": np.zeros_like(values), "exp_avg_sq": np.zeros_like(values)}
         exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+        arrays = (values, grad, exp_avg, exp_avg_sq)
+        if values.size >= _KERNEL_MIN_SIZE and all(a.flags.c_contiguous for a in arrays):
+            # the Numba kernel (refsparse/kernels/adam.py): the same operations in the same
+            # order, bit for bit, in one pass on all cores
+            decoupled = self._decoupled and wd != 0
+            bias_correction1 = 1 - beta1 ** float(t)
+            bias_correction2 = 1 - beta2 ** float(t)
+            _adam_kernel.adam_update(*(a.reshape(-1) for a in arrays),
+                                     1 - lr * wd if decoupled else 1.0,
+                                     wd if (wd != 0 and not self._decoupled) else 0.0,
+                                     1 - beta1, beta2, 1 - beta2, -(lr / bias_correction1),
+                                     bias_correction2**0.5, eps)
+            return
+        self._update_numpy(values, grad, exp_avg, exp_avg_sq, lr, t)
 
+    def _update_numpy(self, values, grad, exp_avg, exp_avg_sq, lr, t):
+        """The NumPy twin of the kernel ``adam_update``: the update as whole-array operations."""
+        beta1, beta2, eps, wd = self.beta1, self.beta2, self.eps, self.weight_decay
         if wd != 0:
             if self._decoupled:
                 values *= 1 - lr * wd  # param.mul_(1 - lr * weight_decay)

@@ -52,3 +52,39 @@ def test_gelu_kernel_accepts_non_contiguous_input():
     x = rng.standard_normal((300, 200)).T  # a transposed view
     y, cache = A.gelu_forward(x)
     np.testing.assert_allclose(y, A._gelu_forward_numpy(np.ascontiguousarray(x))[0], rtol=1e-14)
+
+
+def test_gelu_float32_kernels_within_a_few_ulps_of_libm():
+    # the float32 kernels evaluate erfc/exp with their own vectorisable formulas (in float64
+    # arithmetic): hold them to the correctly rounded float64 functions on a dense grid
+    from scipy.special import erfc
+
+    x = np.concatenate([np.linspace(-12, 12, 240001), [-1e4, -100.0, -0.0, 0.0, 100.0, 1e4]]).astype(np.float32)
+    x = np.tile(x, 1 + A._KERNEL_MIN_SIZE // x.size)
+    x64 = x.astype(np.float64)
+    y, cache = A.gelu_forward(x, "none")
+    gate64 = 0.5 * erfc(-x64 / np.sqrt(2.0))
+    ulp = np.spacing(np.abs(gate64).astype(np.float32)).astype(np.float64)
+    assert np.all(np.abs(cache.gate - gate64) <= 4 * np.maximum(ulp, 1e-45))
+    dy = np.ones_like(x)
+    dx = A.gelu_backward(dy, cache)
+    dx64 = gate64 + x64 * np.exp(-0.5 * x64 * x64) / np.sqrt(2 * np.pi)
+    # what float32 rounding of gate and x · φ(x) can cost, plus a few ulps
+    np.testing.assert_allclose(dx, dx64, rtol=1e-6, atol=2e-7)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
+
+    y, cache = A.gelu_forward(x, "tanh")
+    u = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)
+    with np.errstate(over="ignore"):
+        gate64 = 1.0 / (1.0 + np.exp(-2.0 * u))
+    ulp = np.spacing(gate64.astype(np.float32)).astype(np.float64)
+    assert np.all(np.abs(cache.gate - gate64) <= 4 * np.maximum(ulp, 1e-45))
+    assert np.all(np.isfinite(A.gelu_backward(dy, cache)))
+
+
+def test_gelu_float32_kernels_propagate_nan():
+    x = np.full(A._KERNEL_MIN_SIZE, np.nan, dtype=np.float32)
+    for approximate in ("none", "tanh"):
+        y, cache = A.gelu_forward(x, approximate)
+        assert np.all(np.isnan(y))
+        assert np.all(np.isnan(A.gelu_backward(np.ones_like(x), cache)))

@@ -115,7 +115,10 @@ def gelu_forward(x, approximate="none"):
     xc = np.ascontiguousarray(x)
     y = np.empty_like(xc)
     gate = np.empty_like(xc)
-    kernel = K.gelu_exact_fwd if approximate == "none" else K.gelu_tanh_fwd
+    if xc.dtype == np.float32:  # vectorised erfc/exp in float64 arithmetic, rounded once
+        kernel = K.gelu_exact_fwd_f32 if approximate == "none" else K.gelu_tanh_fwd_f32
+    else:
+        kernel = K.gelu_exact_fwd if approximate == "none" else K.gelu_tanh_fwd
     kernel(xc.reshape(-1), y.reshape(-1), gate.reshape(-1))
     return y, GeluCache(xc, gate, approximate)
 
@@ -156,7 +159,10 @@ def gelu_backward(dy, cache):
         return _gelu_backward_numpy(dy, cache)
     dyc = np.ascontiguousarray(dy)
     dx = np.empty_like(x)
-    kernel = K.gelu_exact_bwd if approximate == "none" else K.gelu_tanh_bwd
+    if approximate == "none":
+        kernel = K.gelu_exact_bwd_f32 if x.dtype == np.float32 else K.gelu_exact_bwd
+    else:
+        kernel = K.gelu_tanh_bwd  # no exp: as fast in float32
     kernel(x.reshape(-1), gate.reshape(-1), dyc.reshape(-1), dx.reshape(-1))
     return dx
 

@@ -10,6 +10,13 @@ axes ("..."), usually (B, H).
 Mask convention (torch SDPA's boolean ``attn_mask``, and refsparse.patterns): ``True``
 means the query MAY attend to the key. A query row with no allowed key gets zero
 probabilities, a zero output and zero gradients — never NaN.
+
+Speed: the matrices of each batch element are one task on the threads of
+:mod:`refsparse.kernels.parallel` (BLAS products, one per matrix, and the softmax
+passes). Large problems run the softmax passes as Numba kernels
+(:mod:`refsparse.kernels.dense_attention`; their NumPy twins ``_masked_softmax`` and
+``_softmax_grad`` are below and run small problems), and ``causal=True`` computes only
+the blocks of scores on and below the diagonal (forward).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import check_bool, check_float, check_same_dtype, check_shape
+from ..kernels import dense_attention as K
+from ..kernels import parallel
 from ._common import check_upstream
 from .dropout import DropoutCache, _dropout, _dropout_grad, check_probability
 
@@ -35,6 +44,11 @@ __all__ = [
 ]
 
 
+# below this many scores (…, Tq, Tk) the NumPy twin runs the softmax passes: as fast there,
+# and it keeps small problems (tests, golden vectors) on the reference code
+_KERNEL_MIN_SIZE = 16384
+
+
 def _check_count(name, value, low):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
@@ -43,22 +57,32 @@ def _check_count(name, value, low):
     return int(value)
 
 
-def _bmm(a, b):
-    """Batched matrix product over the leading axes: (..., M, K) @ (..., K, N) -> (..., M, N).
+def _dot_each(a, b, out):
+    """out[j] = a[j] @ b[j] for every index j of the leading axes: one 2-D BLAS call each.
 
-    The same as ``a @ b``, computed as one 2-D BLAS call (``np.dot``) per leading index.
-    NumPy's stacked matmul (and 2-D ``np.matmul`` with ``out=``) took a slow non-BLAS path
-    here for the transposed and strided views attention feeds it (kᵀ, and the heads of a
-    (B, T, C) array): measured ~1.5 s against ~60 ms for (16, 4, 256, 64) @ (16, 4, 64, 256)
-    float32.
+    a (..., M, K), b (..., K, N), out (..., M, N) C-contiguous, the same leading axes.
+    The same as ``np.matmul(a, b, out=out)``, but NumPy's stacked matmul (and 2-D
+    ``np.matmul`` with ``out=``) took a slow non-BLAS path here for the transposed and
+    strided views attention feeds it (kᵀ, and the heads of a (B, T, C) array): measured
+    ~1.5 s against ~60 ms with ``np.dot`` for (16, 4, 256, 64) @ (16, 4, 64, 256) float32.
     """
-    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    out = np.empty(lead + (a.shape[-2], b.shape[-1]), dtype=np.result_type(a, b))
-    a = np.broadcast_to(a, lead + a.shape[-2:])
-    b = np.broadcast_to(b, lead + b.shape[-2:])
-    for idx in np.ndindex(*lead):
-        np.dot(a[idx], b[idx], out=out[idx])
-    return out
+    for j in np.ndindex(*a.shape[:-2]):
+        np.dot(a[j], b[j], out=out[j])
+
+
+def _for_each_matrix(fn, lead):
+    """Call fn(i) for every index i of the first leading axis, in parallel; fn(()) if none.
+
+    Each call works on the (..., M, N) matrices of its slice: BLAS products, NumPy
+    element-wise passes and ``nogil`` Numba kernels, which release the GIL, so the slices
+    run side by side on the threads of :func:`refsparse.kernels.parallel.parallel_for`
+    (one thread unless BLAS is single-threaded). The slices are independent: the result
+    is the same in any order.
+    """
+    if len(lead) == 0:
+        fn(())
+    else:
+        parallel.parallel_for(fn, lead[0])
 
 
 def causal_mask(t_q, t_k=None):
@@ -87,11 +111,11 @@ class AttentionCache(NamedTuple):
     scale: float  # 1 / sqrt(D)
 
 
-def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True):
+def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True, causal=False):
     """Scaled dot-product attention with an optional boolean mask and dropout.
 
         1. s = q kᵀ / √D                                   (..., Tq, Tk)
-        2. s[i, j] = −∞ where mask[i, j] is False
+        2. s[i, j] = −∞ where mask[i, j] is False (or, with causal, where j > i)
         3. p[i, :] = softmax(s[i, :]) over the allowed keys;
            p[i, :] = 0 when row i has no allowed key
         4. p̃ = dropout(p, dropout_p)    (training only; torch SDPA's semantics)
@@ -107,6 +131,11 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     dropout_p : float in [0, 1], dropout on the attention probabilities
     rng : numpy.random.Generator, needed when training and 0 < dropout_p < 1
     training : bool
+    causal : bool
+        Also mask every key after the query: the same as ``mask & causal_mask(Tq, Tk)``
+        (torch SDPA's ``is_causal``), but large problems then skip the blocks of scores
+        above the diagonal instead of computing and discarding them (3/8 of the
+        forward's products at T = 256).
 
     Returns
     -------
@@ -133,12 +162,113 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     dropout_p = check_probability("dropout_p", dropout_p)
 
     scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
-    # 1. scores
-    s = _bmm(q, k.swapaxes(-1, -2))  # (..., Tq, D) @ (..., D, Tk) -> (..., Tq, Tk)
-    s *= scale
+    training = bool(training)
+    dropping = training and dropout_p > 0  # step 4 is not the identity
+    kernels = math.prod(lead + (Tq, Tk)) >= _KERNEL_MIN_SIZE
+    blocks = bool(causal) and kernels and not dropping  # causal by blocks of query rows
+    if causal and not blocks:  # the causal mask as a mask: the reference path
+        mask = causal_mask(Tq, Tk) if mask is None else (mask & causal_mask(Tq, Tk))
+    blocked = None if mask is None else np.broadcast_to(~mask, lead + (Tq, Tk))  # True = masked
+    p = np.empty(lead + (Tq, Tk), dtype=q.dtype)  # (..., Tq, Tk)
+    out = np.empty(lead + (Tq, v.shape[-1]), dtype=q.dtype)  # (..., Tq, Dv)
+    if blocks:
+        _for_each_matrix(lambda i: _causal_forward(q[i], k[i], v[i], None if blocked is None else blocked[i],
+                                                   scale, p[i], out[i]), lead)
+        return out, AttentionCache(q, k, v, p, DropoutCache(None, 1.0, p.shape), scale)
+
+    def attend(i):
+        """Steps 1–3 (and 5 without dropout) for the matrices q[i], k[i], v[i]."""
+        s = p[i]  # (…, Tq, Tk), filled in place: scores, then probabilities
+        # 1. scores
+        _dot_each(q[i], k[i].swapaxes(-1, -2), s)  # (…, Tq, D) @ (…, D, Tk)
+        # 2.–3. masked softmax of the scaled scores
+        if kernels:  # the same passes, fused (refsparse/kernels/dense_attention.py)
+            s3 = s.reshape(-1, Tq, Tk)  # (M, Tq, Tk), a view
+            b3 = None if blocked is None else _kernel_mask(blocked[i], s3.shape)
+            K.masked_shift(s3, b3, scale, Tk)  # (no causal cut: keys j > i + Tk do not exist)
+            np.exp(s3, out=s3)
+            K.normalize_rows(s3)
+        else:
+            s *= scale
+            _masked_softmax(s, None if blocked is None else blocked[i])
+        # 5. weighted sum of the values (when step 4 changes nothing)
+        if not dropping:
+            _dot_each(s, v[i], out[i])  # (…, Tq, Tk) @ (…, Tk, Dv)
+
+    # each index of the first leading axis (the batch) is one task on the threads
+    _for_each_matrix(attend, lead)
+    # 4. dropout on the probabilities: the whole array at once, so the rng draws in one order
+    p_drop, dcache = _dropout(p, dropout_p, rng, training)  # (..., Tq, Tk)
+    if dropping:
+        # 5. weighted sum of the values
+        _for_each_matrix(lambda i: _dot_each(p_drop[i], v[i], out[i]), lead)
+    return out, AttentionCache(q, k, v, p, dcache, scale)
+
+
+# the causal path's block of query rows: the scores of rows [r0, r0 + CAUSAL_BLOCK) are
+# computed for keys [0, r0 + CAUSAL_BLOCK) only
+_CAUSAL_BLOCK = 64
+
+
+def _as3(a):
+    """(…, M, N) -> (m, M, N): the matrices of a slice on one leading axis (a view if it can)."""
+    return a.reshape((-1,) + a.shape[-2:])
+
+
+def _causal_forward(q, k, v, blocked, scale, p, out):
+    """attention_forward's steps 1–3 and 5 for one slice, causal, by blocks of query rows.
+
+    Query row i sees keys j <= i, so the rows [r0, r1) need the keys [0, r1) only: their
+    scores are one (r1 − r0, r1) product per matrix, whose softmax runs in a small
+    contiguous buffer, and the probabilities right of it are 0. Writes p and out.
+
+    q (…, Tq, D), k (…, Tk, D), v (…, Tk, Dv), blocked (…, Tq, Tk) or None, p (…, Tq, Tk)
+    and out (…, Tq, Dv) C-contiguous.
+    """
+    q3, k3, v3, p3, o3 = _as3(q), _as3(k), _as3(v), _as3(p), _as3(out)
+    b3 = None if blocked is None else _as3(blocked)
+    M, Tq, Tk = p3.shape
+    for r0 in range(0, Tq, _CAUSAL_BLOCK):
+        r1 = min(r0 + _CAUSAL_BLOCK, Tq)
+        kend = min(r1, Tk)  # keys [0, kend) are visible to some row of the block
+        p3[:, r0:r1, kend:] = 0
+        if kend == 0:
+            o3[:, r0:r1] = 0
+            continue
+        s = np.empty((M, r1 - r0, kend), dtype=p.dtype)  # (M, R, kend) this block's scores
+        # 1. scores
+        _dot_each(q3[:, r0:r1], k3[:, :kend].swapaxes(-1, -2), s)  # (M, R, D) @ (M, D, kend)
+        # 2.–3. masked softmax: key j > r0 + i (row i of the block) is cut, and the mask
+        K.masked_shift(s, None if b3 is None else _kernel_mask(b3[:, r0:r1, :kend], s.shape), scale, r0)
+        np.exp(s, out=s)
+        K.normalize_rows(s)
+        p3[:, r0:r1, :kend] = s
+        # 5. weighted sum of the values
+        _dot_each(s, v3[:, :kend], o3[:, r0:r1])  # (M, R, kend) @ (M, kend, Dv)
+
+
+def _kernel_mask(blocked, shape):
+    """A slice's mask in the layout ``masked_shift`` reads fast: C-contiguous (Mb, Tq, Tk).
+
+    Mb = 1 when every matrix of the slice shares one mask (a broadcast axis: causal, a
+    padding mask shared by the heads), else Mb = M: a copy of at most the slice's size,
+    never the broadcast expanded M times when it need not be.
+    """
+    b3 = blocked.reshape(shape)  # (M, Tq, Tk), a view unless broadcast axes must merge
+    if b3.strides[0] == 0:
+        b3 = b3[:1]
+    return np.ascontiguousarray(b3)
+
+
+def _masked_softmax(s, blocked):
+    """Steps 2–3 of attention_forward, in place on the scaled scores s (..., Tq, Tk).
+
+    ``blocked`` (broadcastable to s, or None) is True where the query may NOT attend.
+    The NumPy twin of the kernels ``masked_shift``, ``np.exp``, ``normalize_rows``.
+    """
     # 2. masked entries leave the softmax: exp(−∞) = 0
-    if mask is not None:
-        np.copyto(s, -np.inf, where=~mask)
+    if blocked is not None:
+        np.copyto(s, -np.inf, where=blocked)
     # 3. softmax over the allowed keys, stable: subtract the row max
     m = s.max(axis=-1, keepdims=True, initial=-np.inf)  # (..., Tq, 1); −∞ for an empty row
     np.copyto(m, 0, where=m == -np.inf)  # an empty row: exp(−∞ − 0) = 0, no NaN from −∞ − (−∞)
@@ -147,11 +277,23 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     denom = p.sum(axis=-1, keepdims=True)  # (..., Tq, 1); >= 1, or 0 for an empty row
     np.copyto(denom, 1, where=denom == 0)  # an empty row stays 0 / 1 = 0
     p /= denom
-    # 4. dropout on the probabilities
-    p_drop, dcache = _dropout(p, dropout_p, rng, bool(training))  # (..., Tq, Tk)
-    # 5. weighted sum of the values
-    out = _bmm(p_drop, v)  # (..., Tq, Tk) @ (..., Tk, Dv) -> (..., Tq, Dv)
-    return out, AttentionCache(q, k, v, p, dcache, scale)
+
+
+def _softmax_grad(dp, p, scale):
+    """Steps 3 and 1 of attention_backward, in place: dp ← ((dp − Σ_j dp_j p_j) ⊙ p) · scale.
+
+    The NumPy twin of the kernel ``softmax_grad``.
+    """
+    row = np.sum(dp * p, axis=-1, keepdims=True)  # (..., Tq, 1)
+    dp -= row
+    dp *= p
+    dp *= scale
+
+
+def _dropout_part(dcache, i):
+    """The dropout cache of the slice [i] of the first leading axis (the mask's slice)."""
+    keep, scale, shape = dcache
+    return DropoutCache(None if keep is None else keep[i], scale, shape[1:])
 
 
 def attention_backward(dout, cache):
@@ -164,6 +306,8 @@ def attention_backward(dout, cache):
         1. dq = ds k / √D                     dk = dsᵀ q / √D
 
     A row with no allowed key has p = 0, so its dq row is 0 and it adds nothing to dk, dv.
+    The same holds for the entries a causal forward skipped: p = 0 there, so ds = 0 (the
+    backward runs over whole matrices: measured here, blocks of rows were slower).
 
     Derivation: docs/backprop.md, section Attention.
 
@@ -173,22 +317,35 @@ def attention_backward(dout, cache):
     """
     q, k, v, p, dcache, scale = cache
     check_upstream("dout", dout, q.shape[:-1] + (v.shape[-1],), q.dtype)
+    lead = q.shape[:-2]
+    dq = np.empty(q.shape, dtype=q.dtype)  # (..., Tq, D)
+    dk = np.empty(k.shape, dtype=q.dtype)  # (..., Tk, D)
+    dv = np.empty(v.shape, dtype=q.dtype)  # (..., Tk, Dv)
+    ds_all = np.empty(p.shape, dtype=q.dtype)  # (..., Tq, Tk)
+    Tq, Tk = p.shape[-2:]
+    kernels = p.size >= _KERNEL_MIN_SIZE
 
-    # 5. out = p̃ v
-    p_drop = _dropout_grad(p, dcache)  # p̃ again: dropout is elementwise, the same mask
-    dv = _bmm(p_drop.swapaxes(-1, -2), dout)  # (..., Tk, Tq) @ (..., Tq, Dv) -> (..., Tk, Dv)
-    dp = _bmm(dout, v.swapaxes(-1, -2))  # (..., Tq, Dv) @ (..., Dv, Tk) -> (..., Tq, Tk)
-    # 4. p̃ = dropout(p)
-    dp = _dropout_grad(dp, dcache)
-    # 3. p = softmax(s): ds = p ⊙ (dp − Σ_j dp_j p_j); 2. masked entries: p = 0 ⇒ ds = 0
-    row = np.sum(dp * p, axis=-1, keepdims=True)  # (..., Tq, 1)
-    ds = dp  # reuse the (..., Tq, Tk) buffer
-    ds -= row
-    ds *= p
-    # 1. s = q kᵀ · scale
-    ds *= scale
-    dq = _bmm(ds, k)  # (..., Tq, Tk) @ (..., Tk, D) -> (..., Tq, D)
-    dk = _bmm(ds.swapaxes(-1, -2), q)  # (..., Tk, Tq) @ (..., Tq, D) -> (..., Tk, D)
+    def attend_backward(i):
+        """All five steps for the matrices of slice [i] of the first leading axis."""
+        d = dcache if not lead else _dropout_part(dcache, i)
+        # 5. out = p̃ v
+        p_drop = _dropout_grad(p[i], d)  # p̃ again: dropout is elementwise, the same mask
+        _dot_each(p_drop.swapaxes(-1, -2), dout[i], dv[i])  # (…, Tk, Tq) @ (…, Tq, Dv)
+        dp = ds_all[i]
+        _dot_each(dout[i], v[i].swapaxes(-1, -2), dp)  # (…, Tq, Dv) @ (…, Dv, Tk)
+        # 4. p̃ = dropout(p)
+        dp = _dropout_grad(dp, d)
+        # 3. p = softmax(s): ds = p ⊙ (dp − Σ_j dp_j p_j); 2. masked entries: p = 0 ⇒ ds = 0
+        # 1. s = q kᵀ · scale: the scale goes into ds
+        if kernels:  # one fused pass (refsparse/kernels/dense_attention.py)
+            K.softmax_grad(dp.reshape(-1, Tq, Tk), p[i].reshape(-1, Tq, Tk), scale)
+        else:
+            _softmax_grad(dp, p[i], scale)
+        ds = dp
+        _dot_each(ds, k[i], dq[i])  # (…, Tq, Tk) @ (…, Tk, D)
+        _dot_each(ds.swapaxes(-1, -2), q[i], dk[i])  # (…, Tk, Tq) @ (…, Tq, D)
+
+    _for_each_matrix(attend_backward, lead)
     return dq, dk, dv
 
 

@@ -14,9 +14,16 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import check_float, check_same_dtype, check_shape
+from ..kernels import layernorm as K
 from ._common import check_upstream
 
 __all__ = ["LayerNormCache", "layernorm_backward", "layernorm_forward"]
+
+# below this many entries the NumPy twin runs: as fast there, and it keeps small problems
+# (tests, golden vectors) on the reference code
+_KERNEL_MIN_SIZE = 16384
+# the backward kernel sums dγ and dβ over this many chunks of rows (then over the chunks)
+_CHUNKS = 64
 
 
 class LayerNormCache(NamedTuple):
@@ -60,7 +67,21 @@ def layernorm_forward(x, gamma, beta, eps=1e-5):
     if not isinstance(eps, (float, int, np.floating)) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"eps: expected a positive float, got {eps!r}")
     eps = float(eps)  # a Python float: never upcasts a float32 x
+    if x.size < _KERNEL_MIN_SIZE or C == 0:
+        return _layernorm_forward_numpy(x, gamma, beta, eps)
+    # the Numba kernel (refsparse/kernels/layernorm.py): one pass per row, all cores
+    xc = np.ascontiguousarray(x)
+    x2 = xc.reshape(-1, C)  # (N, C)
+    y = np.empty_like(x2)  # (N, C)
+    mean = np.empty(x2.shape[0], dtype=x.dtype)  # (N,)
+    rstd = np.empty(x2.shape[0], dtype=x.dtype)  # (N,)
+    K.layernorm_fwd(x2, gamma, beta, eps, y, mean, rstd)
+    stats = x.shape[:-1] + (1,)
+    return y.reshape(x.shape), LayerNormCache(xc, gamma, mean.reshape(stats), rstd.reshape(stats))
 
+
+def _layernorm_forward_numpy(x, gamma, beta, eps):
+    """The NumPy twin of the kernel ``layernorm_fwd``: whole-array passes."""
     mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mean  # (..., C) centred
     var = np.mean(np.square(xc), axis=-1, keepdims=True)  # (..., 1) biased
@@ -90,6 +111,24 @@ def layernorm_backward(dy, cache):
     """
     x, gamma, mean, rstd = cache
     check_upstream("dy", dy, x.shape, x.dtype)
+    C = x.shape[-1]
+    if x.size < _KERNEL_MIN_SIZE or C == 0:
+        return _layernorm_backward_numpy(dy, cache)
+    # the Numba kernel (refsparse/kernels/layernorm.py): one pass per row, all cores
+    x2 = np.ascontiguousarray(x).reshape(-1, C)  # (N, C)
+    dy2 = np.ascontiguousarray(dy).reshape(-1, C)  # (N, C)
+    N = x2.shape[0]
+    P = min(N, _CHUNKS)
+    dx = np.empty_like(x2)  # (N, C)
+    dgamma_part = np.empty((P, C), dtype=x.dtype)  # (P, C)
+    dbeta_part = np.empty((P, C), dtype=x.dtype)  # (P, C)
+    K.layernorm_bwd(dy2, x2, gamma, mean.reshape(N), rstd.reshape(N), dx, dgamma_part, dbeta_part)
+    return dx.reshape(x.shape), dgamma_part.sum(axis=0), dbeta_part.sum(axis=0)
+
+
+def _layernorm_backward_numpy(dy, cache):
+    """The NumPy twin of the kernel ``layernorm_bwd``: whole-array passes."""
+    x, gamma, mean, rstd = cache
     rows = tuple(range(x.ndim - 1))  # every axis but the last
 
     xhat = x - mean  # (..., C); in the forward pass this was (x − μ) · rstd

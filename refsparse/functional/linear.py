@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import check_float, check_same_dtype, check_shape
+from ..kernels import parallel
 from ._common import check_upstream
 
 __all__ = ["LinearCache", "linear_backward", "linear_forward"]
@@ -50,9 +51,8 @@ def linear_forward(x, weight, bias=None):
     check_same_dtype(x=x, weight=weight, bias=bias)
 
     x2 = x.reshape(-1, c_in)  # (N, C_in); a view when x is contiguous
-    y2 = x2 @ weight.T  # (N, C_out); BLAS reads weight transposed, no copy
-    if bias is not None:
-        y2 += bias
+    # (N, C_out); BLAS reads weight transposed, no copy; big products on every core
+    y2 = parallel.matmul(x2, weight.T, bias=bias)
     y = y2.reshape(*x.shape[:-1], c_out)  # (..., C_out)
     return y, LinearCache(x, weight, bias is not None)
 
@@ -76,7 +76,9 @@ def linear_backward(dy, cache):
 
     dy2 = dy.reshape(-1, c_out)  # (N, C_out)
     x2 = x.reshape(-1, c_in)  # (N, C_in)
-    dx = (dy2 @ weight).reshape(x.shape)  # (N, C_in) -> (..., C_in)
-    dweight = dy2.T @ x2  # (C_out, N) @ (N, C_in) -> (C_out, C_in)
-    dbias = dy2.sum(axis=0) if has_bias else None  # (C_out,)
+    dx = parallel.matmul(dy2, weight).reshape(x.shape)  # (N, C_in) -> (..., C_in)
+    if has_bias:  # (C_out, N) @ (N, C_in) -> (C_out, C_in), and the column sums of dy (C_out,)
+        dweight, dbias = parallel.matmul_tn(dy2, x2, colsum=True)
+    else:
+        dweight, dbias = parallel.matmul_tn(dy2, x2), None  # (C_out, C_in)
     return dx, dweight, dbias

@@ -15,6 +15,21 @@ Arrays: x, y, gate, dy, dx flat (n,) C-contiguous, one dtype (float32 or float64
 
 No reductions here, so no fastmath flags at all: every element is computed exactly as
 the formula says, in the input's dtype.
+
+float32 has kernels of its own (``*_f32``), because Numba has no vectorised ``erfc`` or
+``exp`` here (no SVML): libm's scalar ``erfcf``/``expf`` cost ~13 and ~5.5 ns an element,
+most of a GELU layer's time. The ``_f32`` kernels evaluate the same formulas in float64
+arithmetic with functions that vectorise (AVX2), and round once to float32:
+
+    erfc(z) = t · exp(−z² − 1.26551223 + t·P(t)),  t = 1 / (1 + |z|/2),  z ≥ 0
+              (Numerical Recipes' ``erfcc``, a Chebyshev fit: relative error < 1.2e-7
+              for every z ≥ 0), and erfc(z) = 2 − erfc(−z) for z < 0;
+    exp(a)  = exp(a/256)^256 for a ≤ 0: a degree-10 Taylor polynomial at |a/256| ≤ 0.41
+              (truncation < 2e-12), squared 8 times (relative error ×256: < 1e-9).
+
+so gate and dx are within ~3 float32 ulps of the libm values (the float64 kernels and the
+NumPy twin keep the correctly rounded functions). These kernels allow ``contract`` (fused
+multiply-adds in the polynomials), which rounds less, not more. ~5× faster than libm.
 """
 
 from __future__ import annotations
@@ -28,6 +43,9 @@ _SQRT1_2 = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_BETA = math.sqrt(2.0 / math.pi)
 _TANH_KAPPA = 0.044715
+# Numerical Recipes' erfcc: erfc(z) = t·exp(−z² + Σ_k c_k t^k), t = 1/(1 + z/2), z >= 0
+_ERFCC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
+          -1.13520398, 1.48851587, -0.82215223, 0.17087277)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -76,3 +94,85 @@ def gelu_tanh_bwd(x, gate, dy, dx):
         g = gate[i]
         du = b * (one + k3 * xi * xi)
         dx[i] = dy[i] * (g + xi * (two * g * (one - g) * du))
+
+
+# ----------------------------------------------------------------------------------------
+# float32: vectorisable exp and erfc, evaluated in float64
+
+
+@numba.njit(inline="always")
+def _exp_nonpositive(a):
+    """exp(a) for a float64 a <= 0 (or a hair above), to < 1e-9 relative; 0 below −104.
+
+    exp(a) = exp(a/256)^256: e^r by its Taylor polynomial of degree 10 at |r| <= 104/256,
+    then 8 squarings. Below a = −104 the float32 result is 0 anyway (e^−104 ≈ 7e−46).
+    Only arithmetic, so the loops that call it vectorise.
+    """
+    r = max(a, -104.0) * (1.0 / 256.0)
+    p = 1.0 / 3628800.0  # 1/10!
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0  # e^r
+    for _ in range(8):
+        p = p * p  # e^(2r), e^(4r), …, e^(256 r) = e^a
+    return p
+
+
+@numba.njit(inline="always")
+def _half_erfc(z):
+    """½ erfc(z) for a float64 z, to < 1.3e-7 relative (Numerical Recipes' erfcc)."""
+    az = abs(z)
+    t = 1.0 / (1.0 + 0.5 * az)
+    c = _ERFCC
+    poly = c[9]
+    poly = poly * t + c[8]
+    poly = poly * t + c[7]
+    poly = poly * t + c[6]
+    poly = poly * t + c[5]
+    poly = poly * t + c[4]
+    poly = poly * t + c[3]
+    poly = poly * t + c[2]
+    poly = poly * t + c[1]
+    poly = poly * t + c[0]
+    h = 0.5 * t * _exp_nonpositive(poly - az * az)  # ½ erfc(|z|)
+    return h if z >= 0.0 else 1.0 - h  # erfc(z) = 2 − erfc(−z)
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+def gelu_exact_fwd_f32(x, y, gate):
+    """float32 x: y = x Φ(x), gate = Φ(x) = ½ erfc(−x/√2), in float64 arithmetic. O(n)."""
+    for i in numba.prange(x.size):
+        g = np.float32(_half_erfc(np.float64(x[i]) * -_SQRT1_2))
+        gate[i] = g
+        y[i] = x[i] * g
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+def gelu_exact_bwd_f32(x, gate, dy, dx):
+    """float32: dx = dy (Φ(x) + x φ(x)), φ(x) = exp(−x²/2)/√(2π) in float64 arithmetic. O(n)."""
+    for i in numba.prange(x.size):
+        xi = np.float64(x[i])
+        phi = _INV_SQRT_2PI * _exp_nonpositive(-0.5 * xi * xi)
+        dx[i] = dy[i] * (gate[i] + x[i] * np.float32(phi))
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+def gelu_tanh_fwd_f32(x, y, gate):
+    """float32 x: y = x σ(2u), gate = σ(2u), u = √(2/π)(x + 0.044715 x³), float64 arithmetic. O(n).
+
+    With e = exp(−|2u|) <= 1 (no overflow): σ(2u) = 1/(1 + e) for u >= 0, e/(1 + e) for u < 0.
+    """
+    for i in numba.prange(x.size):
+        xi = np.float64(x[i])
+        two_u = 2.0 * _TANH_BETA * (xi + _TANH_KAPPA * xi * xi * xi)
+        e = _exp_nonpositive(-abs(two_u))
+        g = np.float32(1.0 / (1.0 + e) if two_u >= 0.0 else e / (1.0 + e))
+        gate[i] = g
+        y[i] = x[i] * g

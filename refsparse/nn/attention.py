@@ -116,8 +116,10 @@ class MultiHeadAttention(Module):
         B, Tq, _ = x.shape
         Tk = src.shape[1]
         if pattern is None:
+            # the causal part goes to attention_forward as a flag, which skips the blocks
+            # above the diagonal instead of masking them
             mask = build_attention_mask(
-                B, Tq, Tk, causal=causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask
+                B, Tq, Tk, causal=False, attn_mask=attn_mask, key_padding_mask=key_padding_mask
             )
         else:
             if attn_mask is not None:
@@ -134,7 +136,8 @@ class MultiHeadAttention(Module):
         # 2. scaled dot-product attention per head: (B, H, T_q, D)
         if pattern is None:
             ctx, attn_cache = F.attention_forward(
-                q, k, v, mask=mask, dropout_p=self.dropout, rng=self.rng, training=self.training
+                q, k, v, mask=mask, dropout_p=self.dropout, rng=self.rng, training=self.training,
+                causal=causal,
             )
         else:
             ctx, attn_cache = sparse_attention_forward(q, k, v, pp)
