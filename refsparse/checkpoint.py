@@ -8,7 +8,8 @@ The file is an ``.npz`` (a zip of ``.npy`` arrays) that is read with
   optimizer's scalars, any extra run information, and a SHA-256 of every other member;
 - ``model/<name>``: a dense parameter's values;
 - ``model/<name>/data``, ``/indices``, ``/indptr``, ``/shape``: a sparse (CSR)
-  weight, stored as its CSR arrays only — never densified;
+  weight, stored as its CSR arrays only — never densified; the column indices in the
+  narrowest unsigned integer type that holds them (uint16 up to 65536 columns);
 - ``optim/<key>``: the optimizer's per-parameter buffers.
 
 Writing is atomic: the file is written next to its destination under a temporary
@@ -71,6 +72,13 @@ def _digest(arrays):
     return h.hexdigest()
 
 
+def _index_dtype(n_columns):
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if n_columns - 1 <= np.iinfo(dt).max:
+            return dt
+    return np.int64
+
+
 def _json_safe(x):
     if isinstance(x, dict):
         return {str(k): _json_safe(v) for k, v in x.items()}
@@ -107,7 +115,9 @@ def save_checkpoint(path, model, *, optimizer=None, step=0, rng_states=None, tok
         if p.is_sparse:
             w = p.value
             arrays[f"model/{name}/data"] = w.data
-            arrays[f"model/{name}/indices"] = w.indices
+            # column indices in the narrowest unsigned type that holds them (uint16 for up
+            # to 65536 columns): a sparse weight costs 4 + 2 bytes per entry in float32
+            arrays[f"model/{name}/indices"] = w.indices.astype(_index_dtype(w.shape[1]))
             arrays[f"model/{name}/indptr"] = w.indptr
             arrays[f"model/{name}/shape"] = np.asarray(w.shape, dtype=np.int64)
             sparse_names.append(name)
@@ -195,9 +205,15 @@ def load_checkpoint(path):
     sparse = set(meta.get("sparse", []))
     for name in sparse:
         shape = tuple(int(s) for s in arrays[f"model/{name}/shape"])
-        model_state[name] = sp.csr_array(
-            (arrays[f"model/{name}/data"], arrays[f"model/{name}/indices"],
-             arrays[f"model/{name}/indptr"]), shape=shape)
+        index_dtype = np.int32 if max(shape) < 2**31 else np.int64
+        try:
+            model_state[name] = sp.csr_array(
+                (arrays[f"model/{name}/data"], arrays[f"model/{name}/indices"].astype(index_dtype),
+                 arrays[f"model/{name}/indptr"].astype(index_dtype)), shape=shape)
+            model_state[name].check_format(full_check=True)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint: {path} holds an invalid sparse weight {name!r} ({e})") \
+                from None
     for key, a in arrays.items():
         if key.startswith("model/") and key[6:] not in sparse and not any(
             key.startswith(f"model/{s}/") for s in sparse
@@ -212,9 +228,13 @@ def load_checkpoint(path):
 def restore_model(model, ckpt):
     """Load ``ckpt``'s weights into ``model`` after checking the kind and config match.
 
-    Sparse weights take the checkpoint's pattern. Raises :class:`CheckpointError` naming
-    every config field that differs.
+    Sparse weights take the checkpoint's pattern: a dense ``Linear`` of the model whose
+    weight the checkpoint stores as CSR first becomes a ``SparseLinear``
+    (:func:`refsparse.prune.sparsify_like`). Raises :class:`CheckpointError` naming every
+    config field that differs.
     """
+    from .prune.sparsify import sparsify_like
+
     if type(model).__name__ != ckpt.kind:
         raise CheckpointError(f"checkpoint: holds a {ckpt.kind}, the model is a {type(model).__name__}")
     ours = _json_safe(model.config.to_dict())
@@ -224,6 +244,9 @@ def restore_model(model, ckpt):
         shown = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in sorted(diff.items()))
         raise CheckpointError(f"checkpoint: config does not match the model ({shown})")
     try:
+        params = dict(model.parameters())
+        sparsify_like(model, [n for n in ckpt.meta.get("sparse", [])
+                              if n in params and not params[n].is_sparse])
         model.load_state_dict(ckpt.model_state)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint: weights do not fit the model ({e})") from None

@@ -6,6 +6,9 @@
     refsparse eval --checkpoint PATH      validation loss (and accuracy) of a checkpoint
     refsparse plot RUN_DIR                loss curves to a PNG
     refsparse patterns show SPEC --T 64   draw a sparse attention pattern
+    refsparse train --sparsity 0.9 --method rigl   train with 90%-sparse weights
+    refsparse prune CHECKPOINT --sparsity 0.9 -o OUT   one-shot pruning of a trained model
+    refsparse info CHECKPOINT             per-layer shapes, stored entries, sparsity, size
 
 Every subcommand has ``--help``. Errors are reported in one line, with exit status 2.
 """
@@ -69,7 +72,8 @@ def _build_train_config(args):
     if task != "lm":
         values = {**TASK_DEFAULTS, **values}
     values["task"] = task
-    for key in ("text", "dtype", "seed", "steps", "name", "out_dir", "attention"):
+    for key in ("text", "dtype", "seed", "steps", "name", "out_dir", "attention", "sparsity",
+                "method", "distribution"):
         v = getattr(args, key, None)
         if v is not None:
             values[key] = v
@@ -106,9 +110,13 @@ def _cmd_train(args):
     n = trainer.model.num_parameters()
     what = "decoder-only LM" if cfg.task == "lm" else f"encoder-decoder on the {cfg.task!r} task"
     article = "an" if what[0] in "aeiou" else "a"
-    print(f"training {article} {what}: {n:,} parameters, {cfg.dtype}, {cfg.steps} steps of "
+    sparse = "" if cfg.sparsity == 0 else \
+        f" ({cfg.method}, sparsity {cfg.sparsity:g}, {cfg.distribution})"
+    print(f"training {article} {what}{sparse}: {n:,} parameters, {cfg.dtype}, {cfg.steps} steps of "
           f"batch {cfg.batch_size}; run directory {trainer.run_dir}")
     summary = trainer.run()
+    for r in summary.get("rounds", []):
+        print(f"imp round {r['round']}: sparsity {r['sparsity']:.4f}, val loss {r['val_loss']:.4f}")
     if summary["interrupted"]:
         return 130
     print(f"step {summary['step']}: train loss {summary['train_loss']:.4f}, "
@@ -184,6 +192,65 @@ def _cmd_eval(args):
     return 0
 
 
+def _cmd_prune(args):
+    import numpy as np
+
+    from .checkpoint import save_checkpoint
+    from .prune import overall_sparsity, sparsify
+
+    ckpt, model, tok = _load_for_use(args.checkpoint)
+    kw = {}
+    if args.criterion == "nm":
+        n, m = (int(v) for v in args.nm.split(":"))
+        kw.update(n=n, m=m)
+    if args.criterion == "block":
+        kw["block"] = tuple(int(v) for v in args.block.lower().split("x"))
+    sparsify(model, args.sparsity, distribution=args.distribution, criterion=args.criterion,
+             rng=np.random.default_rng(args.seed), **kw)
+    if os.path.abspath(args.output) == os.path.abspath(args.checkpoint):
+        raise ValueError("-o: expected a path other than CHECKPOINT (it would be overwritten)")
+    extra = dict(ckpt.meta.get("extra") or {})
+    extra["pruned"] = {"from": args.checkpoint, "sparsity": args.sparsity,
+                       "criterion": args.criterion, "distribution": args.distribution}
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    save_checkpoint(args.output, model, step=ckpt.step, tokenizer=tok, extra=extra,
+                    rng_states=ckpt.meta.get("rng"))
+    print(f"pruned {args.checkpoint} with {args.criterion} to sparsity "
+          f"{overall_sparsity(model):.4f} over the prunable layers; wrote {args.output}")
+    return 0
+
+
+def _cmd_info(args):
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    rows, total_stored, total_cells = [], 0, 0
+    for name, value in ckpt.model_state.items():
+        cells = int(np.prod(value.shape))
+        stored = int(value.nnz) if hasattr(value, "nnz") else cells
+        rows.append((name, "x".join(map(str, value.shape)), "csr" if hasattr(value, "nnz") else "dense",
+                     stored, 1.0 - stored / cells if cells else 0.0))
+        total_stored += stored
+        total_cells += cells
+    width = max(len(r[0]) for r in rows)
+    print(f"{args.checkpoint}: a {ckpt.kind} at step {ckpt.step}, "
+          f"{os.path.getsize(args.checkpoint):,} bytes")
+    print(f"{'parameter':<{width}}  {'shape':>10}  {'kind':>5}  {'stored':>9}  {'sparsity':>8}")
+    for name, shape, kind, stored, sparsity in rows:
+        print(f"{name:<{width}}  {shape:>10}  {kind:>5}  {stored:>9,}  {sparsity:>8.4f}")
+    print(f"{'total':<{width}}  {'':>10}  {'':>5}  {total_stored:>9,}  "
+          f"{1.0 - total_stored / total_cells:>8.4f}")
+    sparse = [r for r in rows if r[2] == "csr"]
+    if sparse:
+        s_stored = sum(r[3] for r in sparse)
+        s_cells = sum(int(np.prod([int(v) for v in r[1].split("x")])) for r in sparse)
+        print(f"sparse layers: {len(sparse)}, {s_stored:,} of {s_cells:,} weights stored "
+              f"(sparsity {1.0 - s_stored / s_cells:.4f})")
+    return 0
+
+
 def _cmd_plot(args):
     from .plotting import plot_run
 
@@ -240,6 +307,19 @@ def build_parser():
                    help="sparse attention pattern, e.g. local:window=64, strided:stride=16, "
                         "fixed:block=16,c=2, bigbird:block=16 (default full: dense attention; "
                         "see refsparse patterns --help)")
+    t.add_argument("--sparsity", type=float, metavar="S",
+                   help="make the attention projections and feed-forward weights S-sparse "
+                        "(e.g. 0.9 stores 10%% of them, as scipy CSR arrays; default 0: dense)")
+    t.add_argument("--method", choices=["static", "gmp", "imp", "set", "rigl"],
+                   help="how the sparse pattern is reached: static (a fixed random pattern, "
+                        "default), gmp (gradual magnitude pruning), imp (lottery tickets: "
+                        "prune, rewind, retrain), set (drop smallest, regrow at random), rigl "
+                        "(drop smallest, regrow where the gradient is largest). Their knobs: "
+                        "--set prune_every=…, update_every=…, drop_fraction=…, imp_rounds=…")
+    t.add_argument("--distribution", choices=["uniform", "erk"],
+                   help="how the stored weights are shared among layers: uniform (every "
+                        "layer S-sparse, default) or erk (Erdős–Rényi-Kernel: smaller "
+                        "layers denser, same total)")
     t.add_argument("--seed", type=int, help="seed for weights, dropout and batches (default 0)")
     t.add_argument("--steps", type=int, help="number of training steps")
     t.add_argument("--name", help="run name: files go to OUT_DIR/NAME/ (default TASK-SEED)")
@@ -267,6 +347,32 @@ def build_parser():
     pl.add_argument("run_dir", metavar="RUN_DIR", help="a run directory holding metrics.jsonl")
     pl.add_argument("-o", "--output", help="PNG path (default RUN_DIR/loss.png)")
     pl.set_defaults(func=_cmd_plot)
+    pr = sub.add_parser("prune", help="one-shot pruning of a trained checkpoint",
+                        description="Prune a trained model once: its attention projections and "
+                        "feed-forward weights become sparse CSR arrays keeping the entries the "
+                        "criterion chooses. Writes a new checkpoint (without optimizer state).")
+    pr.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint.npz from train")
+    pr.add_argument("--sparsity", type=float, required=True, metavar="S",
+                    help="fraction of the prunable weights to remove, e.g. 0.9")
+    pr.add_argument("--criterion", default="magnitude",
+                    choices=["magnitude", "global", "random", "nm", "block"],
+                    help="magnitude: largest |w| per layer (default); global: one magnitude "
+                         "threshold over all layers; random; nm: N:M along the input "
+                         "dimension (--nm, sparsity ignored); block: whole blocks (--block)")
+    pr.add_argument("--distribution", choices=["uniform", "erk"], default="uniform",
+                    help="per-layer sparsities for magnitude/random (default uniform)")
+    pr.add_argument("--nm", default="2:4", metavar="N:M", help="for --criterion nm (default 2:4)")
+    pr.add_argument("--block", default="1x4", metavar="HxW", help="for --criterion block (default 1x4)")
+    pr.add_argument("--seed", type=int, default=0, help="seed for --criterion random (default 0)")
+    pr.add_argument("-o", "--output", required=True, metavar="OUT", help="the pruned checkpoint's path")
+    pr.set_defaults(func=_cmd_prune)
+
+    inf = sub.add_parser("info", help="per-layer shapes, stored entries, sparsity and file size",
+                         description="Describe a checkpoint: every parameter's shape, whether it "
+                         "is dense or a CSR array, its stored entries and sparsity, and the file size.")
+    inf.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint.npz")
+    inf.set_defaults(func=_cmd_info)
+
     pt = sub.add_parser("patterns", help="show, print or count a sparse attention pattern",
                         description="Sparse attention patterns, given as a text spec such as "
                         "'local:window=16', 'strided:stride=8', 'fixed:block=8,c=2', "
@@ -290,11 +396,16 @@ def _one_blas_thread_by_default():
     On a 2-core machine OpenBLAS's own threads compete with the Numba kernels' threads and
     with anything else running; for the small matrix products of these models that made a
     training step 2–10× slower (measured here: 0.31 s/step with one BLAS thread against
-    0.6–9 s with two, on a machine with other work). Set OPENBLAS_NUM_THREADS to override.
+    0.6–9 s with two, on a machine with other work). With BLAS on one thread, refsparse
+    splits big matrix products over its own sleeping threads instead
+    (:mod:`refsparse.kernels.parallel`). Numba's OpenMP threads would otherwise spin for
+    milliseconds after each kernel and slow the next product; OMP_WAIT_POLICY=passive
+    makes them sleep. Set either variable to override.
     """
     import os
 
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # refsparse splits big products itself
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # Numba's OpenMP threads sleep between kernels
 
 
 def main(argv=None):

@@ -33,6 +33,9 @@ from . import functional as F
 from .checkpoint import generator_from_state, load_checkpoint, restore_model, save_checkpoint
 from .models import DecoderLM, DecoderLMConfig, Transformer, TransformerConfig
 from .optim import AdamW, clip_grad_norm, warmup_cosine
+from .kernels.select import topk_indices
+from .prune.methods import METHODS, csr_positions, make_method, sparsify_with_positions
+from .prune.sparsify import layer_nnz, prunable_layers
 
 __all__ = ["TrainConfig", "Trainer", "generate", "greedy_decode"]
 
@@ -54,6 +57,20 @@ class TrainConfig:
     norm_first: bool = True  # pre-LN trains more easily at high learning rates
     dtype: str = "float32"
     attention: str = "full"  # attention pattern spec: "full" (dense) or e.g. "local:window=64"
+    # sparse weights (refsparse.prune): attention projections and feed-forward layers
+    sparsity: float = 0.0  # fraction of those weights NOT stored; 0 = a dense model
+    method: str = "static"  # static | gmp | imp | set | rigl (see refsparse.prune.methods)
+    distribution: str = "uniform"  # uniform | erk: how the kept weights are shared by layers
+    erk_power_scale: float = 1.0
+    prune_begin: float = 0.1  # gmp: first pruning step, as a fraction of steps
+    prune_end: float = 0.6  # gmp: last pruning step (sparsity reached), fraction of steps
+    prune_every: int = 10  # gmp: steps between prunings
+    update_every: int = 50  # set/rigl: steps between drop-and-grow updates
+    drop_fraction: float = 0.3  # set: ζ; rigl: initial α of the cosine-annealed fraction
+    update_end: float = 0.75  # rigl: no updates from this fraction of steps on
+    imp_rounds: int = 2  # imp: pruning rounds after the dense run (each retrains)
+    imp_rewind: float = 0.05  # imp: rewind survivors to this fraction of steps (0: to init)
+    imp_control: str = "rewind"  # imp: "rewind" (the ticket) or "reinit" (random control)
     # optimisation
     steps: int = 600
     batch_size: int = 32
@@ -105,6 +122,24 @@ class TrainConfig:
             raise ValueError(f"warmup_steps: expected 0..steps={self.steps}, got {self.warmup_steps}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr: expected 0 <= min_lr <= lr={self.lr}, got {self.min_lr}")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity: expected a number in [0, 1), got {self.sparsity!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
+        if self.distribution not in ("uniform", "erk"):
+            raise ValueError(f"distribution: expected 'uniform' or 'erk', got {self.distribution!r}")
+        for k in ("prune_begin", "prune_end", "update_end", "imp_rewind", "drop_fraction"):
+            v = getattr(self, k)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{k}: expected a fraction in [0, 1], got {v!r}")
+        if self.prune_begin > self.prune_end:
+            raise ValueError(f"prune_end: expected >= prune_begin={self.prune_begin}, got {self.prune_end}")
+        for k in ("prune_every", "update_every", "imp_rounds"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k}: expected a positive integer, got {v!r}")
+        if self.imp_control not in ("rewind", "reinit"):
+            raise ValueError(f"imp_control: expected 'rewind' or 'reinit', got {self.imp_control!r}")
         return self
 
 
@@ -154,10 +189,27 @@ class Trainer:
             self.task = D.make_task(cfg.task, cfg.alphabet_size, cfg.min_len, cfg.max_len)
             self.model = Transformer(_seq2seq_config(cfg, self.task), rng=model_rng)
             self.tokens_per_step = cfg.batch_size * (cfg.max_len + 2) // 2  # about, for tokens/s
-        # AdamW as torch.optim.AdamW with one parameter group: every parameter is decayed.
-        self.opt = AdamW(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                         weight_decay=cfg.weight_decay)
+        # sparse weights: the method makes the chosen layers sparse (or not yet, for gmp/imp)
+        self.method = None
+        if cfg.sparsity > 0:
+            self.method = make_method(
+                cfg.method, cfg.sparsity, steps=cfg.steps, distribution=cfg.distribution,
+                seed=cfg.seed + 2, erk_power_scale=cfg.erk_power_scale,
+                prune_begin=cfg.prune_begin, prune_end=cfg.prune_end, prune_every=cfg.prune_every,
+                update_every=cfg.update_every, drop_fraction=cfg.drop_fraction,
+                update_end=cfg.update_end)
+            if self.method is not None:
+                self.method.setup(self.model)
+        self.opt = self._make_optimizer()
         self.schedule = warmup_cosine(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr)
+        self.imp_round = 0
+        self._rewind_state = None
+
+    def _make_optimizer(self):
+        # AdamW as torch.optim.AdamW with one parameter group: every parameter is decayed.
+        c = self.cfg
+        return AdamW(self.model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
+                     weight_decay=c.weight_decay)
 
     # -- one step -------------------------------------------------------------------
     def _batch(self):
@@ -171,6 +223,8 @@ class Trainer:
         c = self.cfg
         self.model.train()
         batch = self._batch()
+        if self.method is not None:
+            self.method.before_step(self.step + 1, self.model)
         self.model.zero_grad()
         if c.task == "lm":
             x, y = batch
@@ -182,6 +236,8 @@ class Trainer:
         self.opt.lr = self.schedule(self.step + 1)
         self.opt.step()
         self.step += 1
+        if self.method is not None:
+            self.method.after_step(self.step, self.model, self.opt)
         return loss
 
     # -- evaluation ----------------------------------------------------------------------
@@ -216,7 +272,15 @@ class Trainer:
         """Train until ``steps`` (default ``cfg.steps``); Ctrl-C saves and returns.
 
         Returns a summary dict (final losses, bits per character or accuracy, timing).
+        With ``method="imp"`` (and a sparsity), runs :meth:`run_imp` instead.
         """
+        if self.cfg.method == "imp" and self.cfg.sparsity > 0:
+            if steps is not None and steps != self.cfg.steps:
+                raise ValueError("steps: iterative pruning (imp) runs cfg.steps per round")
+            return self.run_imp()
+        return self._run(steps)
+
+    def _run(self, steps=None):
         c = self.cfg
         steps = c.steps if steps is None else steps
         os.makedirs(self.run_dir, exist_ok=True)
@@ -233,10 +297,13 @@ class Trainer:
         try:
             with open(metrics_path, "a") as metrics:
                 while self.step < steps:
+                    if self._imp_rewind_step() == self.step and self._rewind_state is None:
+                        self._rewind_state = self._capture()
                     loss = self.train_step()
                     tokens += self.tokens_per_step
                     elapsed = time.perf_counter() - t0
                     record = {"step": self.step, "loss": loss, "val_loss": None,
+                              **({"round": self.imp_round} if c.method == "imp" and c.sparsity else {}),
                               "lr": self.opt.lr, "tokens_per_s": tokens / elapsed, "elapsed": elapsed}
                     if self.step % c.eval_every == 0 or self.step == steps:
                         record.update(self.evaluate(c.eval_batches))
@@ -265,16 +332,112 @@ class Trainer:
             summary["bits_per_char"] = final["val_loss"] / math.log(2)
         return summary
 
+    # -- iterative magnitude pruning with rewinding (lottery tickets) ----------------------
+    def _imp_rewind_step(self):
+        c = self.cfg
+        if c.method != "imp" or c.sparsity == 0:
+            return None
+        return round(c.imp_rewind * c.steps)
+
+    def _capture(self):
+        """Copies of the whole training state: what the lottery-ticket rounds rewind to."""
+        return {"model": self.model.state_dict(), "optim": self.opt.state_dict(), "step": self.step,
+                "data_rng": self.data_rng.bit_generator.state,
+                "model_rng": self.model.rng.bit_generator.state}
+
+    def imp_sparsity(self, r):
+        """The sparsity after pruning round r of R: ``1 − (1 − s)^(r/R)``.
+
+        Each round removes the same fraction ``1 − (1 − s)^(1/R)`` of the weights that are
+        left, and round R reaches s.
+        """
+        c = self.cfg
+        return c.sparsity if r == c.imp_rounds else 1.0 - (1.0 - c.sparsity) ** (r / c.imp_rounds)
+
+    def _new_model(self, seed):
+        rng = np.random.default_rng(seed)
+        if self.cfg.task == "lm":
+            return DecoderLM(_lm_config(self.cfg, self.tokenizer.vocab_size), rng=rng)
+        return Transformer(_seq2seq_config(self.cfg, self.task), rng=rng)
+
+    def prune_and_rewind(self, r):
+        """Round r of IMP: prune the trained weights by magnitude, rewind the survivors.
+
+        Frankle & Carbin 2019 (rewinding to step k: Frankle et al. 2020). Each chosen
+        layer keeps its ``layer_nnz(…, imp_sparsity(r))`` largest trained weights
+        (among those still stored); then the whole training state — weights, optimizer
+        state, step, random streams — goes back to step k = ``imp_rewind · steps`` of
+        the dense run, restricted to the survivors. The control (``imp_control=
+        "reinit"``) instead starts the same pattern from fresh random weights at step 0.
+        """
+        c = self.cfg
+        target = self.imp_sparsity(r)
+        shapes = {n: (m.out_features, m.in_features) for n, m in prunable_layers(self.model)}
+        counts = layer_nnz(shapes, target, c.distribution, erk_power_scale=c.erk_power_scale)
+        keep = {}
+        for name, layer in prunable_layers(self.model):
+            if layer.weight.is_sparse:
+                w = layer.weight.value
+                keep[name] = csr_positions(w)[topk_indices(np.abs(w.data), counts[name])]
+            else:
+                keep[name] = topk_indices(np.abs(layer.weight.value).reshape(-1), counts[name])
+        if c.imp_control == "rewind":
+            snap = self._rewind_state
+            model = self._new_model(c.seed)
+            model.load_state_dict(snap["model"])
+            model.rng.bit_generator.state = snap["model_rng"]
+            self.model = model
+            self.opt = self._make_optimizer()
+            self.opt.load_state_dict(snap["optim"])
+            self.step = snap["step"]
+            self.data_rng = generator_from_state(snap["data_rng"])
+        else:
+            self.model = self._new_model(c.seed + 7919 * r)  # fresh random weights
+            self.opt = self._make_optimizer()
+            self.step = 0
+            self.data_rng = np.random.default_rng(c.seed + 1)
+        for name, positions in keep.items():
+            sparsify_with_positions(self.model, name, positions, self.opt)
+        self.imp_round = r
+        return target
+
+    def run_imp(self):
+        """Lottery-ticket training: a dense run, then ``imp_rounds`` prune-rewind-retrain rounds.
+
+        Returns the last round's summary, with ``rounds``: each round's sparsity and
+        final validation numbers.
+        """
+        c = self.cfg
+        if self.step != 0 or self.imp_round != 0:
+            raise ValueError("run_imp: expected a fresh trainer (step 0, round 0)")
+        summary = self._run(c.steps)
+        rounds = [{"round": 0, "sparsity": 0.0, "val_loss": summary.get("val_loss")}]
+        for r in range(1, c.imp_rounds + 1):
+            if summary["interrupted"]:
+                break
+            target = self.prune_and_rewind(r)
+            self.log(f"imp round {r}/{c.imp_rounds}: pruned to sparsity {target:.4f}, "
+                     f"rewound to step {self.step}")
+            summary = self._run(c.steps)
+            rounds.append({"round": r, "sparsity": target, "val_loss": summary.get("val_loss"),
+                           **({"exact_match": summary["exact_match"]}
+                              if "exact_match" in summary else {})})
+        summary["rounds"] = rounds
+        return summary
+
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path=None):
         """Write a checkpoint (default: ``<run_dir>/checkpoint.npz``); returns its path."""
         path = path or os.path.join(self.run_dir, "checkpoint.npz")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return save_checkpoint(
-            path, self.model, optimizer=self.opt, step=self.step,
-            rng_states={"data": self.data_rng, "model": self.model.rng},
-            tokenizer=self.tokenizer, extra={"train_config": self.cfg.to_dict()},
-        )
+        rngs = {"data": self.data_rng, "model": self.model.rng}
+        if self.method is not None:
+            rngs["method"] = self.method.rng
+        extra = {"train_config": self.cfg.to_dict()}
+        if self.cfg.method == "imp" and self.cfg.sparsity > 0:
+            extra["imp_round"] = self.imp_round
+        return save_checkpoint(path, self.model, optimizer=self.opt, step=self.step,
+                               rng_states=rngs, tokenizer=self.tokenizer, extra=extra)
 
     @classmethod
     def resume(cls, path, *, log=print, progress=True, overrides=None):
@@ -285,8 +448,14 @@ class Trainer:
             raise ValueError(f"checkpoint: {path} holds no training config; it cannot be resumed")
         cfg_dict.update(overrides or {})
         trainer = cls(TrainConfig.from_dict(cfg_dict), log=log, progress=progress)
-        restore_model(trainer.model, ckpt)
+        if "imp_round" in ckpt.meta["extra"]:
+            raise ValueError(f"checkpoint: {path} is from an iterative-pruning (imp) run, which "
+                             "cannot be resumed part-way; its model can be sampled and evaluated")
+        restore_model(trainer.model, ckpt)  # sparse layers take the checkpoint's patterns
+        trainer.opt = trainer._make_optimizer()  # over the restored parameters
         trainer.opt.load_state_dict(ckpt.optim_state)
+        if trainer.method is not None:
+            trainer.method.rng = generator_from_state(ckpt.meta["rng"]["method"])
         trainer.step = ckpt.step
         trainer.data_rng = generator_from_state(ckpt.meta["rng"]["data"])
         # the model's Generator is shared by every dropout layer: set its state in place

@@ -39,6 +39,7 @@ from .linear import LinearCache, linear_backward, linear_forward
 from .loss import CrossEntropyCache, cross_entropy_backward, cross_entropy_forward
 from .residual import residual_backward, residual_forward
 from .softmax import SoftmaxCache, softmax_backward, softmax_forward
+from .sparse_linear import SparseLinearCache, sparse_linear_backward, sparse_linear_forward
 
 __all__ = [
     "AttentionCache",
@@ -51,6 +52,7 @@ __all__ = [
     "PositionalCache",
     "ReluCache",
     "SoftmaxCache",
+    "SparseLinearCache",
     "attention_backward",
     "attention_forward",
     "causal_mask",
@@ -77,6 +79,8 @@ __all__ = [
     "sinusoidal_encoding",
     "softmax_backward",
     "softmax_forward",
+    "sparse_linear_backward",
+    "sparse_linear_forward",
     "split_heads_backward",
     "split_heads_forward",
 ]

@@ -11,10 +11,12 @@ from .layers import (
     SinusoidalPositionalEncoding,
 )
 from .module import Module, ModuleList, Parameter
+from .sparse import SparseLinear, random_pattern
 from .transformer import DecoderLayer, EncoderLayer, FeedForward
 
 __all__ = [
     "Activation", "DecoderLayer", "Dropout", "Embedding", "EncoderLayer", "FeedForward",
     "LayerNorm", "LearnedPositionalEmbedding", "Linear", "Module", "ModuleList",
-    "MultiHeadAttention", "Parameter", "SinusoidalPositionalEncoding", "build_attention_mask",
+    "MultiHeadAttention", "Parameter", "SinusoidalPositionalEncoding", "SparseLinear",
+    "build_attention_mask", "random_pattern",
 ]

@@ -108,6 +108,10 @@ class SparseLinear(Module):
         self.weight = Parameter(w)
         self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) if bias else None
         self._cache = None
+        # RigL reads the dense gradient dYᵀX at its update steps: when keep_grad_output is
+        # set, backward keeps dY (N, out) in grad_output; last_input is the cached X (N, in).
+        self.keep_grad_output = False
+        self.grad_output = None
 
     # -- the contract ---------------------------------------------------------------
     def forward(self, x):
@@ -122,6 +126,8 @@ class SparseLinear(Module):
     def backward(self, dy):
         if self._cache is None:
             raise RuntimeError("SparseLinear.backward called before forward")
+        if self.keep_grad_output:
+            self.grad_output = np.ascontiguousarray(dy.reshape(-1, self.out_features))
         dx, dw, db = sparse_linear_backward(dy, self._cache)
         if self._cache.weight is not self.weight.value or dw.shape != self.weight.grad.shape:
             raise RuntimeError("SparseLinear.backward: the weight (or its pattern) changed between "
@@ -165,6 +171,11 @@ class SparseLinear(Module):
         if self.bias is not None:
             lin.bias.value[...] = self.bias.value
         return lin
+
+    @property
+    def last_input(self):
+        """The input X (N, in_features) of the last forward, or None."""
+        return None if self._cache is None else self._cache.x
 
     # -- facts ----------------------------------------------------------------------
     @property

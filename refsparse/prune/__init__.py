@@ -1,0 +1,20 @@
+"""Sparse weights over time: criteria, layer distributions, sparsification and methods.
+
+- :mod:`~refsparse.prune.criteria` — which entries to keep: magnitude (per layer or with
+  one global threshold), random, N:M, blocks;
+- :mod:`~refsparse.prune.sparsify` — how many per layer (uniform or ERK), and turning a
+  model's ``Linear`` layers into :class:`~refsparse.nn.SparseLinear`;
+- :mod:`~refsparse.prune.methods` — static sparse training, gradual magnitude pruning,
+  SET and RigL (lottery tickets: :meth:`refsparse.train.Trainer.run_imp`).
+
+The math and the papers: docs/sparse-training.md.
+"""
+
+from .criteria import *  # noqa: F401,F403
+from .criteria import __all__ as _criteria_all
+from .methods import *  # noqa: F401,F403
+from .methods import __all__ as _methods_all
+from .sparsify import *  # noqa: F401,F403
+from .sparsify import __all__ as _sparsify_all
+
+__all__ = [*_criteria_all, *_sparsify_all, *_methods_all]
