@@ -36,7 +36,7 @@ def test_the_code_of_a_page_runs(page, printed, capsys):
     assert printed in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("page", ["tour.md", "validating.md", "getting-started.md"])
+@pytest.mark.parametrize("page", ["tour.md", "validating.md", "getting-started.md", "sparse-training.md"])
 def test_the_files_a_page_names_exist(page):
     paths = set(re.findall(r"`((?:refsparse|tests|scripts|examples|bench)/[\w/.-]+\.py)`", _read(page)))
     assert paths
