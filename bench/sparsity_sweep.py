@@ -67,6 +67,10 @@ def main():
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other TrainConfig setting, as for refsparse train")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--dense-from", metavar="JSON",
+                   help="take the dense run from this earlier sweep's JSON instead of training it "
+                        "(same settings and seed give the same numbers)")
+    p.add_argument("--output", default="sparsity_sweep.json", help="file name under bench/results/")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
@@ -81,7 +85,7 @@ def main():
     for item in args.set:
         k, v = item.split("=", 1)
         base[k] = json.loads(v) if v[:1] in "0123456789-[{" or v in ("true", "false") else v
-    specs = [dict(base)]  # dense
+    specs = [] if args.dense_from else [dict(base)]  # dense
     for s in args.sparsities:
         for m in args.methods:
             specs.append({**base, "sparsity": s, "method": m, "distribution": args.distribution})
@@ -102,6 +106,17 @@ def main():
     t0 = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(one, specs))
+    if args.dense_from:
+        with open(args.dense_from) as f:
+            earlier = json.load(f)["results"]
+        dense_runs = [r for r in earlier if not r["spec"].get("sparsity")]
+        sparse_only = {"distribution", "erk_power_scale", "prune_begin", "prune_end", "prune_every",
+                       "update_every", "drop_fraction", "update_end", "imp_rounds", "imp_rewind",
+                       "imp_control"}  # settings a dense run ignores
+        same = {k: v for k, v in base.items() if k not in sparse_only}
+        if not dense_runs or dense_runs[0]["spec"] != same:
+            raise SystemExit(f"--dense-from: {args.dense_from} holds no dense run with settings {base}")
+        results.insert(0, dense_runs[0])
     total = time.perf_counter() - t0
 
     dense = results[0]
@@ -119,16 +134,16 @@ def main():
     command = "python bench/sparsity_sweep.py " + " ".join(sys.argv[1:])
     print(table)
     print(f"\n{len(results)} runs in {total / 60:.1f} min; command: {command}")
-    path = write_json("sparsity_sweep.json", {"command": command, "results": results,
+    path = write_json(args.output, {"command": command, "results": results,
                                               "total_s": total, "env": environment()})
     print(f"wrote {path}")
     try:
-        plot(results)
+        plot(results, args.output.replace(".json", ".png"))
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
 
 
-def plot(results):
+def plot(results, name="sparsity_sweep.png"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +163,7 @@ def plot(results):
     ax.legend()
     fig.tight_layout()
     out = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "img",
-                       "sparsity_sweep.png")
+                       name)
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
 
