@@ -115,6 +115,7 @@ class SparseLinear(Module):
 
     # -- the contract ---------------------------------------------------------------
     def forward(self, x):
+        """``y = x Wᵀ + b`` over the stored entries: x (..., in) → y (..., out)."""
         check_float("x", x, min_ndim=1)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected last dimension {self.in_features}, got shape {x.shape}")
@@ -124,6 +125,7 @@ class SparseLinear(Module):
         return y
 
     def backward(self, dy):
+        """dX = dY W; dW at the stored entries only (SDDMM), added to ``weight.grad``; db = Σ dY."""
         if self._cache is None:
             raise RuntimeError("SparseLinear.backward called before forward")
         if self.keep_grad_output:

@@ -208,9 +208,11 @@ class SparseMethod:
 
     # the random stream is part of a run's state: checkpoints save and restore it
     def state_dict(self):
+        """The method's state: its random stream."""
         return {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state):
+        """Restore what :meth:`state_dict` returned."""
         self.rng.bit_generator.state = state["rng"]
 
     def __repr__(self):
@@ -227,6 +229,7 @@ class Static(SparseMethod):
     name = "static"
 
     def setup(self, model):
+        """Make the chosen layers sparse with random patterns (the layers' own initial values)."""
         super().setup(model)
         if self.sparsity > 0:
             sparsify(model, self.sparsity, distribution=self.distribution, criterion="random",
@@ -255,6 +258,7 @@ class GMP(SparseMethod):
         self.begin, self.end, self.every, self.initial = begin, end, every, float(initial)
 
     def is_update_step(self, step):
+        """True when update ``step`` is a pruning step: t0 + kΔt ≤ end, or end itself."""
         return self.begin <= step <= self.end and ((step - self.begin) % self.every == 0
                                                    or step == self.end)
 
@@ -264,6 +268,7 @@ class GMP(SparseMethod):
                             end=self.end, every=self.every)
 
     def after_step(self, step, model, optimizer):
+        """At a pruning step, prune every chosen layer by magnitude to its share of target(step)."""
         if not self.is_update_step(step):
             return False
         s = self.target(step)
@@ -332,18 +337,22 @@ class _DropGrow(SparseMethod):
         self.end = None if end is None else int(end)
 
     def setup(self, model):
+        """Make the chosen layers sparse with random patterns (the layers' own initial values)."""
         super().setup(model)
         if self.sparsity > 0:
             sparsify(model, self.sparsity, distribution=self.distribution, criterion="random",
                      rng=self.rng, erk_power_scale=self.erk_power_scale)
 
     def is_update_step(self, step):
+        """True every ``every`` updates, before ``end`` (if any)."""
         return step % self.every == 0 and (self.end is None or step < self.end)
 
     def fraction(self, step):
+        """The fraction of stored entries dropped (and regrown) at an update."""
         return self.drop_fraction
 
     def after_step(self, step, model, optimizer):
+        """At an update step, drop the smallest-magnitude entries of each layer and grow as many."""
         if self.sparsity == 0 or not self.is_update_step(step):
             return False
         frac = self.fraction(step)
@@ -399,9 +408,11 @@ class RigL(_DropGrow):
         self.block_rows = int(block_rows)
 
     def fraction(self, step):
+        """The cosine-annealed drop fraction f(step)."""
         return cosine_drop_fraction(step, self.drop_fraction, self.end)
 
     def before_step(self, step, model):
+        """At an update step, ask every sparse layer to keep dY (for the dense gradient)."""
         keep = self.sparsity > 0 and self.is_update_step(step)
         for _, layer in sparse_layers(model):
             layer.keep_grad_output = keep
