@@ -263,6 +263,10 @@ def test_encoder_layer(norm_first, activation, b, t, hc, d_ff, causal, padded, s
     kw = dict(causal=causal, key_padding_mask=(rng.random((b, t)) < 0.3) if padded else None)
     layer.forward(x, **kw)
     assume(clear_of_relu_kinks(layer))
+    # Post-LN over C = 2 features maps (a, b) to ±γ + β up to eps: its true gradient is only
+    # eps's trace (~1e-7, with curvature ~ 1/|a − b|³), below what central differences at
+    # h = 1e-5 resolve to rtol 1e-7. (Seen once in CI: DecoderLayer, C = 2, d_ff = 1, seed 193.)
+    assume(norm_first or c != 2)
     check(layer, x, kwargs=kw, seed=seed, max_entries=6)
 
 
@@ -280,6 +284,7 @@ def test_decoder_layer(norm_first, activation, b, t, s, hc, d_ff, padded, seed):
                   memory_mask=rng.random((t, s)) < 0.8)
     layer.forward(x, memory, **kw)
     assume(clear_of_relu_kinks(layer))
+    assume(norm_first or c != 2)  # post-LN over 2 features: see test_encoder_layer
     report = check(layer, x, memory, kwargs=kw, seed=seed, max_entries=3)
     assert {"input0", "input1"} <= {r.name for r in report.tensors}
 
