@@ -374,11 +374,17 @@ def test_a_90_percent_sparse_checkpoint_is_at_most_a_quarter_of_the_dense_one(tm
     assert sizes[0.9] <= 0.25 * sizes[0.0], sizes
 
 
-def test_loading_a_corrupt_sparse_weight_is_a_clear_error(tmp_path):
+def test_checkpoints_hold_sparse_weights_as_narrow_csr_arrays(tmp_path):
     tr = make_trainer(tmp_path, sparsity=0.5)
     path = tr.save(str(tmp_path / "c.npz"))
     ckpt = load_checkpoint(path)
     assert any(sp.issparse(v) for v in ckpt.model_state.values())
+    with np.load(path) as z:  # d_model 16 columns: indices fit in one byte
+        assert z["model/blocks.0.self_attn.q_proj.weight/indices"].dtype == np.uint8
+    for name, layer in sparse_layers(tr.model):
+        got = ckpt.model_state[f"{name}.weight"]
+        assert got.indices.dtype == layer.weight.value.indices.dtype
+        assert np.array_equal(got.indices, layer.weight.value.indices)
 
 
 # -- the command line ---------------------------------------------------------------------

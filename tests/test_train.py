@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from refsparse.checkpoint import CheckpointError, load_checkpoint, restore_model, save_checkpoint
+from refsparse.checkpoint import CheckpointError, load_checkpoint, restore_model
 from refsparse.cli import main
 from refsparse.models import DecoderLM, DecoderLMConfig
 from refsparse.train import TrainConfig, Trainer, generate

@@ -9,7 +9,6 @@ packs the first three into one ``in_proj_weight``; ``refsparse.interop.torch`` m
 
 from __future__ import annotations
 
-import numpy as np
 
 from .. import functional as F
 from .. import patterns as P
