@@ -55,6 +55,19 @@ def worker(args):
         json.dump(result, f)
 
 
+# settings a dense run ignores: a dense run with any of them is the same run
+SPARSE_ONLY = {"method", "distribution", "erk_power_scale", "prune_begin", "prune_end",
+               "prune_every", "update_every", "drop_fraction", "update_end", "imp_rounds",
+               "imp_rewind", "imp_control"}
+
+
+def _key(spec):
+    """What identifies a run: its settings, without the sparse ones for a dense run."""
+    if not spec.get("sparsity"):
+        spec = {k: v for k, v in spec.items() if k not in SPARSE_ONLY and k != "sparsity"}
+    return json.dumps(spec, sort_keys=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sparsities", type=float, nargs="+", default=SPARSITIES)
@@ -67,9 +80,10 @@ def main():
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other TrainConfig setting, as for refsparse train")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--dense-from", metavar="JSON",
-                   help="take the dense run from this earlier sweep's JSON instead of training it "
-                        "(same settings and seed give the same numbers)")
+    p.add_argument("--reuse", metavar="JSON", action="append", default=[],
+                   help="take every run whose settings match one in this earlier sweep's JSON "
+                        "instead of training it again (same settings and seed give the same "
+                        "losses); may be given more than once")
     p.add_argument("--output", default="sparsity_sweep.json", help="file name under bench/results/")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -85,7 +99,7 @@ def main():
     for item in args.set:
         k, v = item.split("=", 1)
         base[k] = json.loads(v) if v[:1] in "0123456789-[{" or v in ("true", "false") else v
-    specs = [] if args.dense_from else [dict(base)]  # dense
+    specs = [dict(base)]  # dense
     for s in args.sparsities:
         for m in args.methods:
             specs.append({**base, "sparsity": s, "method": m, "distribution": args.distribution})
@@ -103,20 +117,23 @@ def main():
               f"{r['val_loss']:.4f}  {r['wall_s']:.0f} s", file=sys.stderr, flush=True)
         return r
 
+    earlier = {}
+    for path in args.reuse:
+        with open(path) as f:
+            for r in json.load(f)["results"]:
+                earlier.setdefault(_key(r["spec"]), r)
+    reused = {i: earlier[_key(spec)] for i, spec in enumerate(specs) if _key(spec) in earlier}
+    for i in reused:
+        print(f"  {specs[i].get('method', 'dense'):>6} s={specs[i].get('sparsity', 0.0):<4}  "
+              f"reused from an earlier sweep", file=sys.stderr)
+    order = sorted((i for i in range(len(specs)) if i not in reused),
+                   key=lambda i: specs[i].get("method") != "imp")  # the longest runs first
+    todo = [specs[i] for i in order]
+
     t0 = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(one, specs))
-    if args.dense_from:
-        with open(args.dense_from) as f:
-            earlier = json.load(f)["results"]
-        dense_runs = [r for r in earlier if not r["spec"].get("sparsity")]
-        sparse_only = {"distribution", "erk_power_scale", "prune_begin", "prune_end", "prune_every",
-                       "update_every", "drop_fraction", "update_end", "imp_rounds", "imp_rewind",
-                       "imp_control"}  # settings a dense run ignores
-        same = {k: v for k, v in base.items() if k not in sparse_only}
-        if not dense_runs or dense_runs[0]["spec"] != same:
-            raise SystemExit(f"--dense-from: {args.dense_from} holds no dense run with settings {base}")
-        results.insert(0, dense_runs[0])
+        trained = dict(zip(order, pool.map(one, todo)))
+    results = [reused[i] if i in reused else trained[i] for i in range(len(specs))]
     total = time.perf_counter() - t0
 
     dense = results[0]

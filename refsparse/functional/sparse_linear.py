@@ -114,6 +114,17 @@ def _blocks(weight, tn):
     return Bp
 
 
+# Bytes of the chunk of transposed outputs (forward) or upstream gradients (backward)
+# that the kernels hold for OB rows of W at a time: at C_out = 2048 a whole tile
+# (512 KB) overflowed L2.
+CHUNK_BYTES = 32 * 1024
+
+
+def chunk_rows(c_out, tn, dtype):
+    """Rows of W per chunk (OB): the kernels' (OB, TN) scratch of outputs or gradients."""
+    return max(1, min(int(c_out), max(8, CHUNK_BYTES // (tn * np.dtype(dtype).itemsize))))
+
+
 def _scratch(rows, tn, dtype):
     """One (rows, tn) scratch slice per Numba thread; every kernel writes before reading."""
     return np.empty((numba.get_num_threads(), rows, tn), dtype=dtype)
@@ -157,7 +168,7 @@ def sparse_linear_forward(x, weight, bias=None):
     b = bias if bias is not None else np.zeros(c_out, dtype=x.dtype)
     y2 = np.empty((n, c_out), dtype=x.dtype)  # (N, C_out)
     spmm_forward(x2, weight.indptr, weight.indices, weight.data, np.ascontiguousarray(b), y2,
-                 _scratch(c_in, tn, x.dtype), _scratch(c_out, tn, x.dtype))
+                 _scratch(c_in, tn, x.dtype), _scratch(chunk_rows(c_out, tn, x.dtype), tn, x.dtype))
     y = y2.reshape(*x.shape[:-1], c_out)  # (..., C_out)
     return y, SparseLinearCache(x2, weight, x.shape, bias is not None)
 
@@ -196,7 +207,8 @@ def sparse_linear_backward(dy, cache):
     db_part = np.zeros((threads, c_out), dtype=dtype)  # (T, C_out)
     Bp = _blocks(weight, tn)
     spmm_backward(dy2, x2, Bp, weight.indices, weight.data, dx2, dw_part, db_part,
-                  _scratch(c_out, tn, dtype), _scratch(c_in, tn, dtype), _scratch(c_in, tn, dtype))
+                  _scratch(chunk_rows(c_out, tn, dtype), tn, dtype), _scratch(c_in, tn, dtype),
+                  _scratch(c_in, tn, dtype))
     dweight = dw_part.sum(axis=0)  # (nnz,)
     dbias = db_part.sum(axis=0) if has_bias else None  # (C_out,)
     return dx2.reshape(x_shape), dweight, dbias
@@ -210,7 +222,7 @@ def sparse_linear_dx(dy, cache):
     tn = tile_rows(n, x2.dtype)
     dx2 = np.empty((n, c_in), dtype=x2.dtype)
     spmm_dx(dy2, _blocks(weight, tn), weight.indices, weight.data, dx2,
-            _scratch(c_out, tn, x2.dtype), _scratch(c_in, tn, x2.dtype))
+            _scratch(chunk_rows(c_out, tn, x2.dtype), tn, x2.dtype), _scratch(c_in, tn, x2.dtype))
     return dx2.reshape(x_shape)
 
 
@@ -221,5 +233,5 @@ def sparse_linear_dw(dy, cache):
     tn = tile_rows(x2.shape[0], x2.dtype)
     dw_part = np.zeros((numba.get_num_threads(), weight.nnz), dtype=x2.dtype)
     sddmm_dw(dy2, x2, _blocks(weight, tn), weight.indices, dw_part,
-             _scratch(c_out, tn, x2.dtype), _scratch(c_in, tn, x2.dtype))
+             _scratch(chunk_rows(c_out, tn, x2.dtype), tn, x2.dtype), _scratch(c_in, tn, x2.dtype))
     return dw_part.sum(axis=0)

@@ -91,30 +91,55 @@ def _u(j):
 # tile transposes (called from inside the parallel loops; inlined by LLVM)
 # ----------------------------------------------------------------------------------
 @numba.njit(**_SERIAL)
-def _load_tile_t(a, n0, m, at):
-    """at[c, t] = a[n0 + t, c] for t < m, and 0 for m <= t < TN.
+def _load_tile_t(a, n0, m, c0, nc, at):
+    """at[c, t] = a[n0 + t, c0 + c] for c < nc and t < m, and 0 for m <= t < TN.
 
-    a (N, C) row-major; at (C, TN) a scratch slice. Reads rows of ``a`` contiguously.
+    a (N, C) row-major; at (>= nc, TN) a scratch slice: the columns c0 … c0+nc-1 of
+    the rows n0 … n0+m-1, transposed. Works in 8 × 8 blocks: a block's eight source
+    rows and eight destination rows stay in L1 while it is moved, which ran 2–2.5×
+    faster here than a row-by-row transpose at C = 2048 (whose writes, TN apart, each
+    touch a new cache line).
     """
     TN = at.shape[1]
-    C = a.shape[1]
-    for t in range(m):
-        for c in range(C):
-            at[c, t] = a[n0 + t, c]
+    n8 = nc - nc % 8
+    m8 = m - m % 8
+    for t0 in range(0, m8, 8):
+        for b0 in range(0, n8, 8):
+            for c in range(8):
+                dst = at[b0 + c]  # (TN,)
+                for t in range(8):
+                    dst[t0 + t] = a[n0 + t0 + t, c0 + b0 + c]
+        for c in range(n8, nc):
+            for t in range(8):
+                at[c, t0 + t] = a[n0 + t0 + t, c0 + c]
+    for t in range(m8, m):
+        for c in range(nc):
+            at[c, t] = a[n0 + t, c0 + c]
     if m < TN:
         zero = at.dtype.type(0)
-        for c in range(C):
+        for c in range(nc):
             for t in range(m, TN):
                 at[c, t] = zero
 
 
 @numba.njit(**_SERIAL)
-def _store_tile_t(at, n0, m, a):
-    """a[n0 + t, c] = at[c, t] for t < m: the inverse of :func:`_load_tile_t`."""
-    C = a.shape[1]
-    for t in range(m):
-        for c in range(C):
-            a[n0 + t, c] = at[c, t]
+def _store_tile_t(at, n0, m, c0, nc, a):
+    """a[n0 + t, c0 + c] = at[c, t] for c < nc and t < m: the inverse of
+    :func:`_load_tile_t`, also in 8 × 8 blocks."""
+    n8 = nc - nc % 8
+    m8 = m - m % 8
+    for t0 in range(0, m8, 8):
+        for b0 in range(0, n8, 8):
+            for t in range(8):
+                dst = a[n0 + t0 + t]  # (C,)
+                for c in range(8):
+                    dst[c0 + b0 + c] = at[b0 + c, t0 + t]
+        for t in range(8):
+            for c in range(n8, nc):
+                a[n0 + t0 + t, c0 + c] = at[c, t0 + t]
+    for t in range(m8, m):
+        for c in range(nc):
+            a[n0 + t, c0 + c] = at[c, t]
 
 
 @numba.njit(cache=True)
@@ -159,12 +184,13 @@ def spmm_forward(x, Ap, Aj, Ax, bias, y, xt_buf, yt_buf):
         bias    (C_out,)         added to every row (pass zeros for no bias)
         y       (N, C_out)       output, every element written
         xt_buf  (T, C_in, TN)    scratch, T >= numba.get_num_threads()
-        yt_buf  (T, C_out, TN)   scratch
+        yt_buf  (T, OB, TN)      scratch: OB rows of W (outputs) at a time, 1 <= OB
 
-    Per tile of TN rows: xt = x[tile]ᵀ; for each row o of W,
+    Per tile of TN rows: xt = x[tile]ᵀ; then for each chunk of OB rows o of W,
     ``yt[o, :] = bias[o] + Σ_{e in row o} Ax[e] · xt[Aj[e], :]`` (the sum unrolled by
-    four entries, so the accumulator row is loaded and stored once per four entries);
-    then y[tile] = ytᵀ.
+    four entries, so the accumulator row is loaded and stored once per four entries),
+    and y[tile, chunk] = ytᵀ. The chunk keeps the accumulators in cache: a whole
+    (C_out, TN) tile of y would be 512 KB at C_out = 2048, more than L2.
 
     Assumes: shapes as above, canonical CSR (duplicates would be summed, which is still
     correct; unsorted indices only cost locality). Guarantees: y[n, o] =
@@ -175,36 +201,41 @@ def spmm_forward(x, Ap, Aj, Ax, bias, y, xt_buf, yt_buf):
     NumPy twin: ``linear_forward(x, W.toarray(), bias)``.
     """
     N = x.shape[0]
+    C_in = x.shape[1]
     C_out = Ap.size - 1
     TN = xt_buf.shape[2]
+    OB = yt_buf.shape[1]
     for tile in numba.prange((N + TN - 1) // TN):
         tid = numba.get_thread_id()
         xt = xt_buf[tid]  # (C_in, TN)
-        yt = yt_buf[tid]  # (C_out, TN)
+        yt = yt_buf[tid]  # (OB, TN)
         n0 = tile * TN
         m = min(TN, N - n0)
-        _load_tile_t(x, n0, m, xt)
-        for o in range(C_out):
-            acc = yt[o]  # (TN,) the accumulator, then y[n0:n0+m, o]
-            bo = bias[o]
-            for t in range(TN):
-                acc[t] = bo
-            aj = Aj[Ap[o]:Ap[o + 1]]  # the row's entries as slices: indices from range()
-            ax = Ax[Ap[o]:Ap[o + 1]]  # are provably >= 0, which keeps the loops lean
-            n = aj.size
-            for g in range(n // 4):
-                k = 4 * g
-                w0, w1, w2, w3 = ax[k], ax[k + 1], ax[k + 2], ax[k + 3]
-                r0, r1 = xt[_u(aj[k])], xt[_u(aj[k + 1])]
-                r2, r3 = xt[_u(aj[k + 2])], xt[_u(aj[k + 3])]
+        _load_tile_t(x, n0, m, 0, C_in, xt)
+        for o0 in range(0, C_out, OB):
+            nc = min(OB, C_out - o0)
+            for r in range(nc):
+                o = o0 + r
+                acc = yt[r]  # (TN,) the accumulator, then y[n0:n0+m, o]
+                bo = bias[o]
                 for t in range(TN):
-                    acc[t] += w0 * r0[t] + w1 * r1[t] + w2 * r2[t] + w3 * r3[t]
-            for k in range(n - n % 4, n):
-                w0 = ax[k]
-                r0 = xt[_u(aj[k])]
-                for t in range(TN):
-                    acc[t] += w0 * r0[t]
-        _store_tile_t(yt, n0, m, y)
+                    acc[t] = bo
+                aj = Aj[Ap[o]:Ap[o + 1]]  # the row's entries as slices: indices from range()
+                ax = Ax[Ap[o]:Ap[o + 1]]  # are provably >= 0, which keeps the loops lean
+                n = aj.size
+                for g in range(n // 4):
+                    k = 4 * g
+                    w0, w1, w2, w3 = ax[k], ax[k + 1], ax[k + 2], ax[k + 3]
+                    r0, r1 = xt[_u(aj[k])], xt[_u(aj[k + 1])]
+                    r2, r3 = xt[_u(aj[k + 2])], xt[_u(aj[k + 3])]
+                    for t in range(TN):
+                        acc[t] += w0 * r0[t] + w1 * r1[t] + w2 * r2[t] + w3 * r3[t]
+                for k in range(n - n % 4, n):
+                    w0 = ax[k]
+                    r0 = xt[_u(aj[k])]
+                    for t in range(TN):
+                        acc[t] += w0 * r0[t]
+            _store_tile_t(yt, n0, m, o0, nc, y)
 
 
 # ----------------------------------------------------------------------------------
@@ -266,14 +297,14 @@ def spmm_dx(dy, Bp, Aj, Ax, dx, gt_buf, dxt_buf):
         Bp       (C_out, nb+1)    W's rows split into column blocks (:func:`column_blocks`)
         Aj, Ax                    W (C_out, C_in), canonical CSR
         dx       (N, C_in)        output, every element written
-        gt_buf   (T, C_out, TN)   scratch
+        gt_buf   (T, OB, TN)      scratch: OB rows of W at a time
         dxt_buf  (T, C_in, TN)    scratch
 
-    dx[n, j] = Σ_o dy[n, o] W[o, j]. Per tile: gt = dy[tile]ᵀ, dxt = 0, then for each
-    stored entry e = (o, j): ``dxt[j, :] += Ax[e] · gt[o, :]`` (a scatter over the rows
-    of dxt, which belong to this thread alone; block by block of columns, so that the
-    rows hit stay in cache); dx[tile] = dxtᵀ. A column of W with no entry gives
-    dx[:, j] = 0.
+    dx[n, j] = Σ_o dy[n, o] W[o, j]. Per tile: dxt = 0; for each chunk of OB rows of W,
+    gt = dy[tile, chunk]ᵀ, then for each stored entry e = (o, j) of the chunk:
+    ``dxt[j, :] += Ax[e] · gt[o, :]`` (a scatter over the rows of dxt, which belong to
+    this thread alone; block by block of columns, so that the rows hit stay in cache);
+    dx[tile] = dxtᵀ. A column of W with no entry gives dx[:, j] = 0.
 
     Complexity: 2 · nnz · N flops. NumPy twin: ``dy @ W.toarray()`` (linear_backward).
     """
@@ -282,23 +313,26 @@ def spmm_dx(dy, Bp, Aj, Ax, dx, gt_buf, dxt_buf):
     nb = Bp.shape[1] - 1
     C_in = dx.shape[1]
     TN = gt_buf.shape[2]
+    OB = gt_buf.shape[1]
     zero = dy.dtype.type(0)
     for tile in numba.prange((N + TN - 1) // TN):
         tid = numba.get_thread_id()
-        gt = gt_buf[tid]  # (C_out, TN)
+        gt = gt_buf[tid]  # (OB, TN)
         dxt = dxt_buf[tid]  # (C_in, TN)
         n0 = tile * TN
         m = min(TN, N - n0)
-        _load_tile_t(dy, n0, m, gt)
         for j in range(C_in):
             for t in range(TN):
                 dxt[j, t] = zero
-        for k in range(nb):
-            for o in range(C_out):
-                e0, e1 = Bp[o, k], Bp[o, k + 1]
-                if e0 < e1:
-                    _dx_row(gt[o], dxt, Aj[e0:e1], Ax[e0:e1])
-        _store_tile_t(dxt, n0, m, dx)
+        for o0 in range(0, C_out, OB):
+            nc = min(OB, C_out - o0)
+            _load_tile_t(dy, n0, m, o0, nc, gt)
+            for k in range(nb):
+                for r in range(nc):
+                    e0, e1 = Bp[o0 + r, k], Bp[o0 + r, k + 1]
+                    if e0 < e1:
+                        _dx_row(gt[r], dxt, Aj[e0:e1], Ax[e0:e1])
+        _store_tile_t(dxt, n0, m, 0, C_in, dx)
 
 
 @numba.njit(**_FLAGS)
@@ -313,7 +347,7 @@ def sddmm_dw(dy, x, Bp, Aj, dw_part, gt_buf, xt_buf):
         Aj                        W's column ids (C_out, C_in), canonical CSR
         dw_part  (T, nnz)         per-thread partial sums, zeroed by the caller;
                                   dW = dw_part.sum(axis=0), aligned with Ax
-        gt_buf   (T, C_out, TN)   scratch
+        gt_buf   (T, OB, TN)      scratch: OB rows of W at a time
         xt_buf   (T, C_in, TN)    scratch
 
     The dense gradient would be dyᵀ x (C_out, C_in); only its values at stored entries
@@ -326,21 +360,25 @@ def sddmm_dw(dy, x, Bp, Aj, dw_part, gt_buf, xt_buf):
     N = dy.shape[0]
     C_out = Bp.shape[0]
     nb = Bp.shape[1] - 1
+    C_in = x.shape[1]
     TN = gt_buf.shape[2]
+    OB = gt_buf.shape[1]
     for tile in numba.prange((N + TN - 1) // TN):
         tid = numba.get_thread_id()
-        gt = gt_buf[tid]  # (C_out, TN)
+        gt = gt_buf[tid]  # (OB, TN)
         xt = xt_buf[tid]  # (C_in, TN)
         dwp = dw_part[tid]  # (nnz,)
         n0 = tile * TN
         m = min(TN, N - n0)
-        _load_tile_t(dy, n0, m, gt)
-        _load_tile_t(x, n0, m, xt)
-        for k in range(nb):
-            for o in range(C_out):
-                e0, e1 = Bp[o, k], Bp[o, k + 1]
-                if e0 < e1:
-                    _dw_row(gt[o], xt, Aj[e0:e1], dwp[e0:e1])
+        _load_tile_t(x, n0, m, 0, C_in, xt)
+        for o0 in range(0, C_out, OB):
+            nc = min(OB, C_out - o0)
+            _load_tile_t(dy, n0, m, o0, nc, gt)
+            for k in range(nb):
+                for r in range(nc):
+                    e0, e1 = Bp[o0 + r, k], Bp[o0 + r, k + 1]
+                    if e0 < e1:
+                        _dw_row(gt[r], xt, Aj[e0:e1], dwp[e0:e1])
 
 
 @numba.njit(**_FLAGS)
@@ -357,10 +395,12 @@ def spmm_backward(dy, x, Bp, Aj, Ax, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
         dx       (N, C_in)        output, every element written
         dw_part  (T, nnz)         per-thread partial dW, zeroed by the caller
         db_part  (T, C_out)       per-thread partial db = Σ_n dy[n, :], zeroed by the caller
-        gt_buf   (T, C_out, TN), xt_buf (T, C_in, TN), dxt_buf (T, C_in, TN)   scratch
+        gt_buf   (T, OB, TN), xt_buf (T, C_in, TN), dxt_buf (T, C_in, TN)   scratch;
+                                  gt holds OB rows of W at a time
 
     Sharing the transposed tiles gt and xt between the two products saves one transpose
-    of dy and of x per step. Per tile, for each column block k and each row o of W: the
+    of dy and of x per step. Per tile, for each chunk of OB rows of W (gt = dy[tile,
+    chunk]ᵀ, kept in cache), for each column block k and each row o of the chunk: the
     dots for dW (read-only on xt), then the scatter into dxt for dX — both touch only
     the rows of xt and dxt inside block k, which stay in cache while gt streams by.
 
@@ -372,32 +412,35 @@ def spmm_backward(dy, x, Bp, Aj, Ax, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
     nb = Bp.shape[1] - 1
     C_in = dx.shape[1]
     TN = gt_buf.shape[2]
+    OB = gt_buf.shape[1]
     zero = dy.dtype.type(0)
     for tile in numba.prange((N + TN - 1) // TN):
         tid = numba.get_thread_id()
-        gt = gt_buf[tid]  # (C_out, TN)
+        gt = gt_buf[tid]  # (OB, TN)
         xt = xt_buf[tid]  # (C_in, TN)
         dxt = dxt_buf[tid]  # (C_in, TN)
         dwp = dw_part[tid]  # (nnz,)
         dbp = db_part[tid]  # (C_out,)
         n0 = tile * TN
         m = min(TN, N - n0)
-        _load_tile_t(dy, n0, m, gt)
-        _load_tile_t(x, n0, m, xt)
+        _load_tile_t(x, n0, m, 0, C_in, xt)
         for j in range(C_in):
             for t in range(TN):
                 dxt[j, t] = zero
-        for o in range(C_out):
-            s = zero
-            for t in range(TN):
-                s += gt[o, t]
-            dbp[o] += s
-        for k in range(nb):
-            for o in range(C_out):
-                e0 = Bp[o, k]
-                e1 = Bp[o, k + 1]
-                if e0 < e1:
-                    g = gt[o]  # (TN,) dy[n0:n0+TN, o]
-                    _dw_row(g, xt, Aj[e0:e1], dwp[e0:e1])
-                    _dx_row(g, dxt, Aj[e0:e1], Ax[e0:e1])
-        _store_tile_t(dxt, n0, m, dx)
+        for o0 in range(0, C_out, OB):
+            nc = min(OB, C_out - o0)
+            _load_tile_t(dy, n0, m, o0, nc, gt)
+            for r in range(nc):  # db: the tile's partial sum, in vector lanes (padding adds 0)
+                s = zero
+                for t in range(TN):
+                    s += gt[r, t]
+                dbp[o0 + r] += s
+            for k in range(nb):
+                for r in range(nc):
+                    e0 = Bp[o0 + r, k]
+                    e1 = Bp[o0 + r, k + 1]
+                    if e0 < e1:
+                        g = gt[r]  # (TN,) dy[n0:n0+TN, o0 + r]
+                        _dw_row(g, xt, Aj[e0:e1], dwp[e0:e1])
+                        _dx_row(g, dxt, Aj[e0:e1], Ax[e0:e1])
+        _store_tile_t(dxt, n0, m, 0, C_in, dx)
