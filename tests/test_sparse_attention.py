@@ -377,3 +377,29 @@ def test_bad_attention_spec_is_named():
         DecoderLM(DecoderLMConfig(attention="nope:x=1"))
     with pytest.raises(ValueError, match="attention"):
         DecoderLM(DecoderLMConfig(n_layers=2, attention=["full"] * 3))
+
+
+def test_softmax_exp_matches_numpy_exp():
+    """The kernels' exp (vectorisable in float32) against its twin np.exp: float64 is np.exp
+    itself; float32 within one ulp over the softmax's range a <= 0 (and a hair above)."""
+    import numba
+
+    from refsparse.kernels.sparse_attention import exp_softmax
+
+    @numba.njit
+    def apply(a, out):
+        for i in range(a.size):
+            out[i] = exp_softmax(a[i])
+
+    rng = np.random.default_rng(0)
+    a64 = np.concatenate([-rng.exponential(5.0, 20000), -rng.uniform(0, 110, 5000),
+                          [0.0, -0.0, 1e-7, -1e-30, -87.0, -103.9, -104.0, -200.0, -np.inf]])
+    out64 = np.empty_like(a64)
+    apply(a64, out64)
+    np.testing.assert_array_equal(out64, np.exp(a64))
+    a32 = a64.astype(np.float32)
+    out32 = np.empty_like(a32)
+    apply(a32, out32)
+    ref = np.exp(a32.astype(np.float64)).astype(np.float32)
+    ulps = np.abs(out32.view(np.int32).astype(np.int64) - ref.view(np.int32).astype(np.int64))
+    assert ulps.max() <= 1, f"float32 exp off by {ulps.max()} ulps at a = {a32[np.argmax(ulps)]}"
