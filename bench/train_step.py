@@ -4,8 +4,11 @@ The model: 4 layers, d_model 256, 4 heads, d_ff 1024, T 256, batch 16, the built
 corpus's vocabulary; the same initial weights and batch on both sides. One step is
 zero_grad, forward, cross-entropy, backward, global-norm clipping and AdamW.
 
-Each library runs in its own process, warms up, then takes the median of ``--steps``
-timed steps. The script first checks that both sides compute the same first loss.
+Each library runs in its own process, warms up, then times ``--steps`` steps; this is
+repeated ``--rounds`` times with the libraries taking turns to go first, and the figure
+is the median over all rounds' steps (this machine's speed drifts from minute to minute,
+so one round each can favour either side). The script checks that both sides compute
+the same first loss.
 
 Run it as:
 
@@ -134,11 +137,25 @@ def worker(args):
         json.dump(result, f)
 
 
+def _pool_rounds(runs):
+    """One library's rounds as one result: the median over all their timed steps."""
+    times = [t for r in runs for t in r["times_s"]]
+    med = statistics.median(times)
+    tokens = SHAPE["batch"] * SHAPE["seq_len"]
+    return {**runs[0], "times_s": times, "median_ms": 1000 * med, "tokens_per_s": tokens / med,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "round_median_ms": [r["median_ms"] for r in runs]}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, caches)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    p.add_argument("--rounds", type=int, default=3,
+                   help="run each library this many times, alternating which goes first; the "
+                        "median is over the timed steps of all rounds (this machine's speed "
+                        "drifts by 20%% from minute to minute)")
     p.add_argument("--refsparse-blas-threads", default=os.environ.get("OPENBLAS_NUM_THREADS", "1"),
                    help="OPENBLAS_NUM_THREADS for the refsparse process (default 1, as refsparse train)")
     p.add_argument("--refsparse-omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY", "passive"),
@@ -156,15 +173,21 @@ def main():
     warn_openblas_env()
     results = []
     for dtype in args.dtypes:
+        runs = {"refsparse": [], "torch": []}
+        for rnd in range(args.rounds):
+            order = ("refsparse", "torch") if rnd % 2 == 0 else ("torch", "refsparse")
+            for lib in order:
+                print(f"round {rnd + 1}: {lib} {dtype} ...", file=sys.stderr)
+                # refsparse as `refsparse train` runs it: OpenBLAS on one thread (refsparse
+                # splits the big products over its own threads), Numba on all cores, and
+                # Numba's OpenMP threads asleep between kernels instead of spinning into
+                # the next product
+                env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads,
+                       "OMP_WAIT_POLICY": args.refsparse_omp_wait_policy} if lib == "refsparse" else None
+                runs[lib].append(run_worker(__file__, [lib, "--dtype", dtype, "--steps", str(args.steps),
+                                                       "--warmup", str(args.warmup)], env=env))
         for lib in ("refsparse", "torch"):
-            print(f"running {lib} {dtype} ...", file=sys.stderr)
-            # refsparse as `refsparse train` runs it: OpenBLAS on one thread (refsparse splits
-            # the big products over its own threads), Numba on all cores, and Numba's OpenMP
-            # threads asleep between kernels instead of spinning into the next product
-            env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads,
-                   "OMP_WAIT_POLICY": args.refsparse_omp_wait_policy} if lib == "refsparse" else None
-            results.append(run_worker(__file__, [lib, "--dtype", dtype, "--steps", str(args.steps),
-                                                 "--warmup", str(args.warmup)], env=env))
+            results.append(_pool_rounds(runs[lib]))
     rows = []
     checks = []
     for dtype in args.dtypes:
@@ -176,15 +199,18 @@ def main():
         for r in (mine, theirs):
             rows.append([r["lib"], dtype, f"{r['median_ms']:.1f}", f"{r['tokens_per_s']:,.0f}",
                          f"{r['peak_rss_mb']:.0f}",
-                         f"{r['median_ms'] / theirs['median_ms']:.2f}×"])
+                         f"{r['median_ms'] / theirs['median_ms']:.2f}×",
+                         " / ".join(f"{m / t:.2f}" for m, t in zip(mine["round_median_ms"],
+                                                                   theirs["round_median_ms"]))])
     print(f"\nDecoder-only LM training step: {SHAPE['n_layers']} layers, d_model {SHAPE['d_model']}, "
           f"{SHAPE['n_heads']} heads, T {SHAPE['seq_len']}, batch {SHAPE['batch']}, "
-          f"{results[0]['parameters']:,} parameters; median of {args.steps} steps after {args.warmup} "
-          f"warm-up steps, each library in its own process; refsparse with OPENBLAS_NUM_THREADS="
+          f"{results[0]['parameters']:,} parameters; median of {args.rounds} × {args.steps} steps "
+          f"({args.rounds} rounds, each after {args.warmup} warm-up steps, the libraries taking turns "
+          f"to go first), each library in its own process; refsparse with OPENBLAS_NUM_THREADS="
           f"{args.refsparse_blas_threads} and OMP_WAIT_POLICY={args.refsparse_omp_wait_policy} "
           f"(Numba kernels and the split matrix products on all cores), torch with its defaults.\n")
     print(markdown_table(["library", "dtype", "ms/step", "tokens/s", "peak RSS (MB)",
-                          "ratio to torch"], rows))
+                          "ratio to torch", "refsparse ÷ torch, round by round"], rows))
     for c in checks:
         print(f"\nfirst-step loss, refsparse vs torch, {c['dtype']}: relative difference "
               f"{c['first_loss_rel_diff']:.2e} ({'ok' if c['ok'] else 'MISMATCH'})")

@@ -1,9 +1,9 @@
 """Dense attention's softmax kernels and causal blocks against their NumPy twins.
 
-- ``masked_shift`` → ``np.exp`` → ``normalize_rows`` against ``_masked_softmax``, and
+- ``softmax_rows`` against ``_masked_softmax``, and
   ``softmax_grad`` against ``_softmax_grad``, in float64 (1e-13 relative) and float32;
-- ``attention_forward(..., causal=True)`` on large problems (kernels, blocks of query rows
-  below the diagonal) against the reference path with ``mask & causal_mask``: values,
+- ``attention_forward(..., causal=True)`` on large problems (the kernel's causal cut)
+  against the path with the mask ``mask & causal_mask``: values,
   probabilities and all three gradients, with extra masks, empty rows and T_q != T_k;
 - the batch slices run on threads (``refsparse.kernels.parallel``): the same numbers.
 """
@@ -39,9 +39,7 @@ def test_softmax_kernels_equal_numpy_twin_float64(m, tq, tk, q0, masked, seed):
     twin = s * scale
     A._masked_softmax(twin, cut if blocked is None else (blocked | cut))
     mine = s.copy()
-    K.masked_shift(mine, blocked, scale, q0)
-    np.exp(mine, out=mine)
-    K.normalize_rows(mine)
+    K.softmax_rows(mine, blocked, scale, q0)
     assert rel_err(mine, twin) <= 1e-13
     assert np.all(mine[np.broadcast_to(cut, mine.shape)] == 0)
 
@@ -59,9 +57,7 @@ def test_softmax_kernels_float32_and_empty_rows():
     blocked = np.zeros((1, 30, 50), dtype=bool)
     blocked[0, 5] = True  # row 5 sees nothing: zero probabilities, no NaN
     mine = s.copy()
-    K.masked_shift(mine, blocked, np.float32(0.5), 50)
-    np.exp(mine, out=mine)
-    K.normalize_rows(mine)
+    K.softmax_rows(mine, blocked, np.float32(0.5), 50)
     twin = s * np.float32(0.5)
     A._masked_softmax(twin, blocked)
     assert mine.dtype == np.float32
@@ -70,16 +66,16 @@ def test_softmax_kernels_float32_and_empty_rows():
 
 
 @pytest.fixture
-def block_calls(monkeypatch):
-    """Counts the slices that attention_forward computes by causal blocks."""
+def cut_calls(monkeypatch):
+    """Records the causal cut of every softmax_rows call (Tk or more: no cut)."""
     calls = []
-    original = A._causal_forward
+    original = K.softmax_rows
 
-    def spy(*args):
-        calls.append(1)
-        return original(*args)
+    def spy(s, blocked, scale, q0):
+        calls.append((q0, s.shape[-1]))
+        return original(s, blocked, scale, q0)
 
-    monkeypatch.setattr(A, "_causal_forward", spy)
+    monkeypatch.setattr(K, "softmax_rows", spy)
     return calls
 
 
@@ -91,7 +87,7 @@ def _qkv(rng, lead, tq, tk, d, dtype):
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
 @pytest.mark.parametrize("lead,tq,tk", [((2, 3), 300, 300), ((2, 2), 200, 130), ((3,), 100, 260), ((), 260, 260)])
 @pytest.mark.parametrize("extra", ["none", "padding", "random"])
-def test_causal_blocks_equal_the_causal_mask(block_calls, dtype, tol, lead, tq, tk, extra):
+def test_causal_cut_equals_the_causal_mask(cut_calls, dtype, tol, lead, tq, tk, extra):
     rng = np.random.default_rng(7)
     q, k, v = _qkv(rng, lead, tq, tk, 8, dtype)
     mask = None
@@ -101,11 +97,11 @@ def test_causal_blocks_equal_the_causal_mask(block_calls, dtype, tol, lead, tq, 
         mask = rng.random((tq, tk)) > 0.2
         mask[3] = False  # an empty row
     out, cache = F.attention_forward(q, k, v, mask=mask, causal=True)
-    assert block_calls  # large enough for the kernel path
+    assert cut_calls and all(q0 == 0 for q0, _ in cut_calls)  # the kernel path, cut at j > i
     ref_mask = F.causal_mask(tq, tk) if mask is None else (mask & F.causal_mask(tq, tk))
-    n_calls = len(block_calls)
+    n_calls = len(cut_calls)
     ref, ref_cache = F.attention_forward(q, k, v, mask=ref_mask)
-    assert len(block_calls) == n_calls
+    assert all(q0 >= t for q0, t in cut_calls[n_calls:])  # the reference: the mask, no cut
     assert rel_err(out, ref) <= tol
     assert rel_err(cache.p, ref_cache.p) <= tol
     dout = rng.standard_normal(out.shape).astype(dtype)
@@ -114,21 +110,21 @@ def test_causal_blocks_equal_the_causal_mask(block_calls, dtype, tol, lead, tq, 
         assert rel_err(g, r) <= tol, f"d{name}"
 
 
-def test_causal_small_problem_uses_the_reference_path(block_calls):
+def test_causal_small_problem_uses_the_reference_path(cut_calls):
     rng = np.random.default_rng(1)
     q, k, v = _qkv(rng, (2,), 6, 6, 4, np.float64)
     out, _ = F.attention_forward(q, k, v, causal=True)
     ref, _ = F.attention_forward(q, k, v, mask=F.causal_mask(6))
-    assert not block_calls
+    assert not cut_calls
     np.testing.assert_array_equal(out, ref)  # the same code, bit for bit
 
 
-def test_causal_with_dropout_draws_like_the_mask_path(block_calls):
+def test_causal_with_dropout_draws_like_the_mask_path(cut_calls):
     rng = np.random.default_rng(2)
     q, k, v = _qkv(rng, (2, 2), 130, 130, 4, np.float64)
     out, _ = F.attention_forward(q, k, v, causal=True, dropout_p=0.3, rng=np.random.default_rng(5))
     ref, _ = F.attention_forward(q, k, v, mask=F.causal_mask(130), dropout_p=0.3, rng=np.random.default_rng(5))
-    assert not block_calls  # dropout: the reference path, the same draws
+    assert cut_calls  # the kernel's cut, and the dropout mask drawn the same
     np.testing.assert_allclose(out, ref, rtol=1e-13, atol=1e-13)
 
 

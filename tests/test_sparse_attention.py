@@ -384,7 +384,7 @@ def test_softmax_exp_matches_numpy_exp():
     itself; float32 within one ulp over the softmax's range a <= 0 (and a hair above)."""
     import numba
 
-    from refsparse.kernels.sparse_attention import exp_softmax
+    from refsparse.kernels.activations import exp_softmax
 
     @numba.njit
     def apply(a, out):

@@ -15,8 +15,8 @@ Speed: the matrices of each batch element are one task on the threads of
 :mod:`refsparse.kernels.parallel` (BLAS products, one per matrix, and the softmax
 passes). Large problems run the softmax passes as Numba kernels
 (:mod:`refsparse.kernels.dense_attention`; their NumPy twins ``_masked_softmax`` and
-``_softmax_grad`` are below and run small problems), and ``causal=True`` computes only
-the blocks of scores on and below the diagonal (forward).
+``_softmax_grad`` are below and run small problems), and there ``causal=True`` is a cut
+inside the softmax kernel (no (Tq, Tk) mask array, no exp of the keys past it).
 """
 
 from __future__ import annotations
@@ -133,9 +133,11 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     training : bool
     causal : bool
         Also mask every key after the query: the same as ``mask & causal_mask(Tq, Tk)``
-        (torch SDPA's ``is_causal``), but large problems then skip the blocks of scores
-        above the diagonal instead of computing and discarding them (3/8 of the
-        forward's products at T = 256).
+        (torch SDPA's ``is_causal``); large problems cut those keys inside the softmax
+        kernel instead of reading a mask. (The products still compute whole (Tq, Tk)
+        score matrices: measured here, one BLAS call per matrix beat blocks of rows
+        below the diagonal, whose many small calls cost more than the 3/8 of the
+        flops they save at T = 256.)
 
     Returns
     -------
@@ -165,16 +167,12 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     training = bool(training)
     dropping = training and dropout_p > 0  # step 4 is not the identity
     kernels = math.prod(lead + (Tq, Tk)) >= _KERNEL_MIN_SIZE
-    blocks = bool(causal) and kernels and not dropping  # causal by blocks of query rows
-    if causal and not blocks:  # the causal mask as a mask: the reference path
+    cut = 0 if causal and kernels else Tk  # the kernel's causal cut: key j > cut + i (Tk: none)
+    if causal and not kernels:  # the causal mask as a mask: the reference path
         mask = causal_mask(Tq, Tk) if mask is None else (mask & causal_mask(Tq, Tk))
     blocked = None if mask is None else np.broadcast_to(~mask, lead + (Tq, Tk))  # True = masked
     p = np.empty(lead + (Tq, Tk), dtype=q.dtype)  # (..., Tq, Tk)
     out = np.empty(lead + (Tq, v.shape[-1]), dtype=q.dtype)  # (..., Tq, Dv)
-    if blocks:
-        _for_each_matrix(lambda i: _causal_forward(q[i], k[i], v[i], None if blocked is None else blocked[i],
-                                                   scale, p[i], out[i]), lead)
-        return out, AttentionCache(q, k, v, p, DropoutCache(None, 1.0, p.shape), scale)
 
     def attend(i):
         """Steps 1–3 (and 5 without dropout) for the matrices q[i], k[i], v[i]."""
@@ -185,9 +183,7 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
         if kernels:  # the same passes, fused (refsparse/kernels/dense_attention.py)
             s3 = s.reshape(-1, Tq, Tk)  # (M, Tq, Tk), a view
             b3 = None if blocked is None else _kernel_mask(blocked[i], s3.shape)
-            K.masked_shift(s3, b3, scale, Tk)  # (no causal cut: keys j > i + Tk do not exist)
-            np.exp(s3, out=s3)
-            K.normalize_rows(s3)
+            K.softmax_rows(s3, b3, scale, cut)  # also 0 at keys j > cut + i
         else:
             s *= scale
             _masked_softmax(s, None if blocked is None else blocked[i])
@@ -205,50 +201,8 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     return out, AttentionCache(q, k, v, p, dcache, scale)
 
 
-# the causal path's block of query rows: the scores of rows [r0, r0 + CAUSAL_BLOCK) are
-# computed for keys [0, r0 + CAUSAL_BLOCK) only
-_CAUSAL_BLOCK = 64
-
-
-def _as3(a):
-    """(…, M, N) -> (m, M, N): the matrices of a slice on one leading axis (a view if it can)."""
-    return a.reshape((-1,) + a.shape[-2:])
-
-
-def _causal_forward(q, k, v, blocked, scale, p, out):
-    """attention_forward's steps 1–3 and 5 for one slice, causal, by blocks of query rows.
-
-    Query row i sees keys j <= i, so the rows [r0, r1) need the keys [0, r1) only: their
-    scores are one (r1 − r0, r1) product per matrix, whose softmax runs in a small
-    contiguous buffer, and the probabilities right of it are 0. Writes p and out.
-
-    q (…, Tq, D), k (…, Tk, D), v (…, Tk, Dv), blocked (…, Tq, Tk) or None, p (…, Tq, Tk)
-    and out (…, Tq, Dv) C-contiguous.
-    """
-    q3, k3, v3, p3, o3 = _as3(q), _as3(k), _as3(v), _as3(p), _as3(out)
-    b3 = None if blocked is None else _as3(blocked)
-    M, Tq, Tk = p3.shape
-    for r0 in range(0, Tq, _CAUSAL_BLOCK):
-        r1 = min(r0 + _CAUSAL_BLOCK, Tq)
-        kend = min(r1, Tk)  # keys [0, kend) are visible to some row of the block
-        p3[:, r0:r1, kend:] = 0
-        if kend == 0:
-            o3[:, r0:r1] = 0
-            continue
-        s = np.empty((M, r1 - r0, kend), dtype=p.dtype)  # (M, R, kend) this block's scores
-        # 1. scores
-        _dot_each(q3[:, r0:r1], k3[:, :kend].swapaxes(-1, -2), s)  # (M, R, D) @ (M, D, kend)
-        # 2.–3. masked softmax: key j > r0 + i (row i of the block) is cut, and the mask
-        K.masked_shift(s, None if b3 is None else _kernel_mask(b3[:, r0:r1, :kend], s.shape), scale, r0)
-        np.exp(s, out=s)
-        K.normalize_rows(s)
-        p3[:, r0:r1, :kend] = s
-        # 5. weighted sum of the values
-        _dot_each(s, v3[:, :kend], o3[:, r0:r1])  # (M, R, kend) @ (M, kend, Dv)
-
-
 def _kernel_mask(blocked, shape):
-    """A slice's mask in the layout ``masked_shift`` reads fast: C-contiguous (Mb, Tq, Tk).
+    """A slice's mask in the layout ``softmax_rows`` reads fast: C-contiguous (Mb, Tq, Tk).
 
     Mb = 1 when every matrix of the slice shares one mask (a broadcast axis: causal, a
     padding mask shared by the heads), else Mb = M: a copy of at most the slice's size,
@@ -264,7 +218,7 @@ def _masked_softmax(s, blocked):
     """Steps 2–3 of attention_forward, in place on the scaled scores s (..., Tq, Tk).
 
     ``blocked`` (broadcastable to s, or None) is True where the query may NOT attend.
-    The NumPy twin of the kernels ``masked_shift``, ``np.exp``, ``normalize_rows``.
+    The NumPy twin of the kernel ``softmax_rows``.
     """
     # 2. masked entries leave the softmax: exp(−∞) = 0
     if blocked is not None:

@@ -61,33 +61,13 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba.extending import overload
 
-from .activations import _exp_nonpositive
+from .activations import exp_softmax
 
 G = 4  # rows per group (the fast path's register blocking)
 
 _FLAGS = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 _INNER = dict(cache=True, fastmath={"reassoc", "contract"})
-
-
-def exp_softmax(a):
-    """exp(a) for the softmax's a = s − max <= 0 (or a hair above, from rounding).
-
-    float64: ``np.exp``. float32: :func:`refsparse.kernels.activations._exp_nonpositive`
-    in float64 arithmetic (< 1e-9 relative before the rounding to float32), which is plain
-    arithmetic: the loops that call it vectorise, where ``np.exp`` is a libm call per
-    entry (measured: a third of the forward's time at T = 4096, window 128).
-    NumPy twin: ``np.exp``.
-    """
-    return np.exp(a)
-
-
-@overload(exp_softmax)
-def _exp_softmax_impl(a):
-    if a == numba.types.float32:
-        return lambda a: np.float32(_exp_nonpositive(np.float64(a)))
-    return lambda a: np.exp(a)
 
 
 @numba.njit(cache=True)
