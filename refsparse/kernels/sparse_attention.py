@@ -157,8 +157,40 @@ def _group_dots(S, A, X, b, h, i0, n_rows, ip, indices, start, n_shared):
         o2 = start[2] - ip[i0 + 2]
         o3 = start[3] - ip[i0 + 3]
         s = start[0]
-        for t in range(n_shared):
+        t = 0
+        while t + 2 <= n_shared:  # two keys per pass: each row's a[d] loaded once for both
             x = X[b, indices[s + t], h]  # (D,) loaded once for the four rows
+            z = X[b, indices[s + t + 1], h]
+            d0 = zero
+            d1 = zero
+            d2 = zero
+            d3 = zero
+            e0 = zero
+            e1 = zero
+            e2 = zero
+            e3 = zero
+            for d in range(D):
+                xd = x[d]
+                zd = z[d]
+                d0 += a0[d] * xd
+                d1 += a1[d] * xd
+                d2 += a2[d] * xd
+                d3 += a3[d] * xd
+                e0 += a0[d] * zd
+                e1 += a1[d] * zd
+                e2 += a2[d] * zd
+                e3 += a3[d] * zd
+            S[0, o0 + t] = d0
+            S[1, o1 + t] = d1
+            S[2, o2 + t] = d2
+            S[3, o3 + t] = d3
+            S[0, o0 + t + 1] = e0
+            S[1, o1 + t + 1] = e1
+            S[2, o2 + t + 1] = e2
+            S[3, o3 + t + 1] = e3
+            t += 2
+        if t < n_shared:  # an odd last key
+            x = X[b, indices[s + t], h]
             d0 = zero
             d1 = zero
             d2 = zero
