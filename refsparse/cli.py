@@ -27,7 +27,7 @@ from . import __version__
 # Defaults that differ from TrainConfig's for the synthetic seq2seq tasks: a smaller
 # encoder-decoder that reaches ~100% exact match on length <= 12 in about two minutes.
 TASK_DEFAULTS = {
-    "d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 256, "steps": 1200, "batch_size": 64,
+    "d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 256, "steps": 1000, "batch_size": 64,
     "lr": 3e-3, "min_lr": 1e-4, "warmup_steps": 100, "weight_decay": 0.01, "eval_every": 500,
     "eval_batches": 4, "activation": "relu",
 }
