@@ -32,6 +32,7 @@ import scipy.sparse as sp
 
 from .._checks import check_float, check_same_dtype, check_shape
 from ..kernels.sparse_attention import (
+    new_slabs,
     new_work,
     shared_segments,
     sparse_attention_bwd_dkv,
@@ -190,7 +191,9 @@ def sparse_attention_forward(q, k, v, pattern):
     out = np.empty((B, Tq, H, v.shape[3]), dtype=dtype)  # (B, Tq, H, Dv)
     lse = np.empty((B, H, Tq), dtype=dtype)
     work = new_work(pp.width, dtype)  # (n_threads, 2, 4, width) scratch rows of scores
-    sparse_attention_fwd(qt, kt, vt, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale, out, lse, work)
+    ks, vs = new_slabs(B * H, Tk, (D, v.shape[3]), dtype)  # one slab of heads' keys and values
+    sparse_attention_fwd(qt, kt, vt, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale, out, lse, work,
+                         ks, vs)
     cache = SparseAttentionCache(qt, kt, vt, out, lse, pp, scale)
     return out.transpose(0, 2, 1, 3), cache  # (B, H, Tq, Dv) view
 
@@ -213,9 +216,13 @@ def sparse_attention_backward(dout, cache):
     dv = np.empty_like(v)
     delta = np.empty((B, H, Tq), dtype=q.dtype)
     work = new_work(pp.width, q.dtype)  # (n_threads, 2, 4, width) scratch rows
+    Tk, Dv = k.shape[1], v.shape[3]
+    ks, vs = new_slabs(B * H, Tk, (D, Dv), q.dtype)  # one slab of heads' keys and values
     sparse_attention_bwd_dq(q, k, v, out, dO, lse, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale,
-                            dq, delta, work)
+                            dq, delta, work, ks, vs)
+    del ks, vs
+    qs, dos = new_slabs(B * H, Tq, (D, Dv), q.dtype)  # then their queries and output gradients
     sparse_attention_bwd_dkv(q, k, v, dO, lse, delta, pp.t_indptr, pp.t_indices, pp.t_seg_start, pp.t_seg_len,
-                             scale, dk, dv, work)
+                             scale, dk, dv, work, qs, dos)
     t = (0, 2, 1, 3)
     return dq.transpose(t), dk.transpose(t), dv.transpose(t)
