@@ -295,16 +295,23 @@ def _group_accumulate(O, b, h, W, X, bx, hx, i0, n_rows, ip, indices, start, n_s
                     y[d] += w * x[d]
 
 
-TB = 64  # rows per task of the slab copies
+TB = 64  # rows per task of the slab copies (_copy_slab_rows)
 
 
 @numba.njit(**_INNER)
-def _copy_head_rows(x, b, h, t0, t1, xs):
-    """xs[t, 0] = x[b, t, h] for t0 <= t < t1: rows of head (b, h) of x (B, T, H, D) into
-    the contiguous rows of xs (T, 1, D)."""
+def _copy_slab_rows(x, y, s0, tt, NTB, H, xs, ys):
+    """Task tt of a slab copy: rows t0 … t1-1 (a block of TB) of head s0 + tt // NTB of
+    x and of y (B, T, H, ·) into the contiguous rows of xs, ys (SH, T, 1, ·) at that head's
+    place in the slab. NTB = ceil(T / TB) tasks per head."""
+    bh = s0 + tt // NTB
+    b, h = bh // H, bh % H
+    t0 = (tt % NTB) * TB
+    t1 = min(x.shape[1], t0 + TB)
     for t in range(t0, t1):
-        src = x[b, t, h]  # (D,)
-        dst = xs[t, 0]
+        src, dst = x[b, t, h], xs[tt // NTB, t, 0]  # (D,)
+        for d in range(src.size):
+            dst[d] = src[d]
+        src, dst = y[b, t, h], ys[tt // NTB, t, 0]  # (Dv,)
         for d in range(src.size):
             dst[d] = src[d]
 
@@ -381,11 +388,7 @@ def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, ou
     for s0 in range(0, B * H, SH):  # one slab of heads
         nh = min(SH, B * H - s0)
         for tt in numba.prange(nh * NTB):
-            bh = s0 + tt // NTB
-            t0 = (tt % NTB) * TB
-            t1 = min(Tk, t0 + TB)
-            _copy_head_rows(k, bh // H, bh % H, t0, t1, ks[tt // NTB])
-            _copy_head_rows(v, bh // H, bh % H, t0, t1, vs[tt // NTB])
+            _copy_slab_rows(k, v, s0, tt, NTB, H, ks, vs)
         for task in numba.prange(nh * NG):
             sl = task // NG
             S = work[numba.get_thread_id(), 0]  # (G, width) scores, then probabilities
@@ -448,11 +451,7 @@ def sparse_attention_bwd_dq(q, k, v, out, dout, lse, indptr, indices, seg_start,
     for s0 in range(0, B * H, SH):
         nh = min(SH, B * H - s0)
         for tt in numba.prange(nh * NTB):
-            bh = s0 + tt // NTB
-            t0 = (tt % NTB) * TB
-            t1 = min(Tk, t0 + TB)
-            _copy_head_rows(k, bh // H, bh % H, t0, t1, ks[tt // NTB])
-            _copy_head_rows(v, bh // H, bh % H, t0, t1, vs[tt // NTB])
+            _copy_slab_rows(k, v, s0, tt, NTB, H, ks, vs)
         for task in numba.prange(nh * NG):
             sl = task // NG
             S = work[numba.get_thread_id(), 0]  # (G, width) scores, then p
@@ -516,11 +515,7 @@ def sparse_attention_bwd_dkv(q, k, v, dout, lse, delta, t_indptr, t_indices, t_s
     for s0 in range(0, B * H, SH):
         nh = min(SH, B * H - s0)
         for tt in numba.prange(nh * NTB):
-            bh = s0 + tt // NTB
-            t0 = (tt % NTB) * TB
-            t1 = min(Tq, t0 + TB)
-            _copy_head_rows(q, bh // H, bh % H, t0, t1, qs[tt // NTB])
-            _copy_head_rows(dout, bh // H, bh % H, t0, t1, dos[tt // NTB])
+            _copy_slab_rows(q, dout, s0, tt, NTB, H, qs, dos)
         for task in numba.prange(nh * NG):
             sl = task // NG
             P = work[numba.get_thread_id(), 0]  # (G, width) scores, then p
