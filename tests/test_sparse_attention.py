@@ -66,7 +66,7 @@ def cases(draw):
     t_q = draw(st.integers(1, 12))
     t_k = draw(st.sampled_from([t_q, draw(st.integers(1, 12))]))
     D = draw(st.integers(1, 9))
-    Dv = draw(st.sampled_from([D, draw(st.integers(1, 9))]))
+    Dv = draw(st.sampled_from([D, draw(st.integers(1, 9)), 16]))  # 16: the register tile of the sums
     grouping = draw(st.sampled_from(["shared", "per_head", "per_batch", "per_batch_head"]))
     density = draw(st.sampled_from([0.0, 0.2, 0.5, 1.0]))
     seed = draw(st.integers(0, 2**31 - 1))
@@ -135,19 +135,28 @@ def _structured_patterns(t_q, t_k):
         "local": P.local(t, 5),
         "local_both_sides": P.local(t, 4, causal=False),
         "strided": P.strided(t, 4),
+        "fixed": P.fixed(t, 4, 2),  # summary columns of earlier blocks: shared runs of scattered keys
         "bigbird": P.bigbird(t - t % 3, 3, seed=1),
         "full": P.full(t),
     }
     return {n: _pad(p, t_q, t_k) for n, p in pats.items()}
 
 
+def _run_kinds(indices, seg_start, seg_len):
+    """How many shared runs have consecutive keys (register tiles) and how many do not."""
+    runs = [(s, n) for s, n in zip(seg_start[..., 0].ravel(), seg_len.ravel()) if n > 0]
+    consecutive = sum(indices[s + n - 1] - indices[s] == n - 1 for s, n in runs)
+    return consecutive, len(runs) - consecutive
+
+
 @pytest.mark.parametrize("t_q,t_k", [(23, 23), (17, 26), (30, 13)])
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
-def test_fast_path_and_general_path_equal_dense_twin(t_q, t_k, dtype, tol):
+@pytest.mark.parametrize("D,Dv", [(8, 5), (5, 16)])  # Dv = 16: the sums' register tile (float32 and float64)
+def test_fast_path_and_general_path_equal_dense_twin(t_q, t_k, dtype, tol, D, Dv):
     """Structured patterns take the shared-run fast path for most entries; one head with a
     random pattern and a group with an empty row take the general path."""
     rng = np.random.default_rng(11)
-    B, H, D, Dv = 2, 3, 8, 5
+    B, H = 2, 3
     q = rng.standard_normal((B, H, t_q, D)).astype(dtype)
     k = rng.standard_normal((B, H, t_k, D)).astype(dtype)
     v = rng.standard_normal((B, H, t_k, Dv)).astype(dtype)
@@ -159,6 +168,9 @@ def test_fast_path_and_general_path_equal_dense_twin(t_q, t_k, dtype, tol):
         pp = prepare_pattern(pattern)
         assert pp.seg_len[0, 0].sum() > 0 and pp.t_seg_len[0, 0].sum() > 0, name  # fast path used
         assert pp.seg_len[0, 2, 1] == 0, name  # the group with the empty row 5
+        if name in ("local", "fixed"):  # consecutive runs take the tile; fixed's scattered columns do not
+            tiles, pairs = _run_kinds(pp.indices, pp.seg_start[0, 0], pp.seg_len[0, 0])
+            assert tiles > 0 and (pairs > 0) == (name == "fixed"), (name, tiles, pairs)
         out, cache = sparse_attention_forward(q, k, v, pp)
         out_d, cache_d = F.attention_forward(q, k, v, dense_mask(pattern, B, H))
         assert_close(f"{name} out", out, out_d, tol)
@@ -166,6 +178,32 @@ def test_fast_path_and_general_path_equal_dense_twin(t_q, t_k, dtype, tol):
         for g, mine, theirs in zip(("dq", "dk", "dv"), sparse_attention_backward(dout, cache),
                                    F.attention_backward(dout, cache_d)):
             assert_close(f"{name} {g}", mine, theirs, tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("Dv", [7, 16])
+def test_long_runs_take_several_register_tiles(dtype, tol, Dv):
+    """Windows wider than a vector: runs of up to 37 keys take several tiles of L keys
+    (16 float32, 8 float64) and a partial last one, the groups of a block have runs of
+    different lengths (the first rows of a causal window are short), and the last block
+    of groups is partial (T = 70: 18 groups of 4, blocks of 4 groups)."""
+    from refsparse import patterns as P
+
+    rng = np.random.default_rng(5)
+    B, H, T, D = 1, 2, 70, 7
+    q = rng.standard_normal((B, H, T, D)).astype(dtype)
+    k = rng.standard_normal((B, H, T, D)).astype(dtype)
+    v = rng.standard_normal((B, H, T, Dv)).astype(dtype)
+    pattern = [P.local(T, 40), P.local(T, 33, causal=False)]
+    pp = prepare_pattern(pattern)
+    assert pp.seg_len.max() > 32
+    out, cache = sparse_attention_forward(q, k, v, pp)
+    out_d, cache_d = F.attention_forward(q, k, v, dense_mask([pattern], B, H))
+    assert_close("out", out, out_d, tol)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    for g, mine, theirs in zip(("dq", "dk", "dv"), sparse_attention_backward(dout, cache),
+                               F.attention_backward(dout, cache_d)):
+        assert_close(g, mine, theirs, tol)
 
 
 def test_shared_segments_of_a_causal_window():

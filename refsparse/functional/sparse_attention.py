@@ -190,10 +190,11 @@ def sparse_attention_forward(q, k, v, pattern):
     qt, kt, vt = _to_kernel_layout(q), _to_kernel_layout(k), _to_kernel_layout(v)  # (B, T, H, D)
     out = np.empty((B, Tq, H, v.shape[3]), dtype=dtype)  # (B, Tq, H, Dv)
     lse = np.empty((B, H, Tq), dtype=dtype)
-    work = new_work(pp.width, dtype)  # (n_threads, 2, 4, width) scratch rows of scores
-    ks, vs = new_slabs(B * H, Tk, (D, v.shape[3]), dtype)  # one slab of heads' keys and values
+    work = new_work(pp.width, dtype)  # (n_threads, 2, 4, width + L) scratch rows of scores
+    # one slab of heads' keys and values, and the keys transposed
+    ks, vs, ks_t, vs_t = new_slabs(B * H, Tk, (D, v.shape[3]), dtype, transposed=(True, False))
     sparse_attention_fwd(qt, kt, vt, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale, out, lse, work,
-                         ks, vs)
+                         ks, vs, ks_t, vs_t)
     cache = SparseAttentionCache(qt, kt, vt, out, lse, pp, scale)
     return out.transpose(0, 2, 1, 3), cache  # (B, H, Tq, Dv) view
 
@@ -215,14 +216,16 @@ def sparse_attention_backward(dout, cache):
     dk = np.empty_like(k)
     dv = np.empty_like(v)
     delta = np.empty((B, H, Tq), dtype=q.dtype)
-    work = new_work(pp.width, q.dtype)  # (n_threads, 2, 4, width) scratch rows
+    work = new_work(pp.width, q.dtype)  # (n_threads, 2, 4, width + L) scratch rows
     Tk, Dv = k.shape[1], v.shape[3]
-    ks, vs = new_slabs(B * H, Tk, (D, Dv), q.dtype)  # one slab of heads' keys and values
+    # one slab of heads' keys and values, as rows and transposed
+    slabs = new_slabs(B * H, Tk, (D, Dv), q.dtype, transposed=(True, True))
     sparse_attention_bwd_dq(q, k, v, out, dO, lse, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale,
-                            dq, delta, work, ks, vs)
-    del ks, vs
-    qs, dos = new_slabs(B * H, Tq, (D, Dv), q.dtype)  # then their queries and output gradients
+                            dq, delta, work, *slabs)
+    del slabs
+    # then their queries and output gradients
+    slabs = new_slabs(B * H, Tq, (D, Dv), q.dtype, transposed=(True, True))
     sparse_attention_bwd_dkv(q, k, v, dO, lse, delta, pp.t_indptr, pp.t_indices, pp.t_seg_start, pp.t_seg_len,
-                             scale, dk, dv, work, qs, dos)
+                             scale, dk, dv, work, *slabs)
     t = (0, 2, 1, 3)
     return dq.transpose(t), dk.transpose(t), dv.transpose(t)

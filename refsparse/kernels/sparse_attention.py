@@ -24,9 +24,12 @@ Slabs of heads
 --------------
 The rows a group streams through — keys and values in the forward and the dQ kernel,
 queries and dO in the dK/dV kernel — are first copied, a slab of SH heads at a time, into
-scratch of shape (SH, T, 1, D) where one head's rows are contiguous:
+scratch of shape (SH, T, D) where one head's rows are contiguous, and transposed into
+scratch of shape (SH, D, T+L) for the register tiles of the scores:
 
-    ks[sl, j, 0] = k[b, j, h]        (b, h) = divmod(s0 + sl, H), for the slab s0 … s0+SH-1
+    ks[sl, j] = k[b, j, h]        (b, h) = divmod(s0 + sl, H), for the slab s0 … s0+SH-1
+    ks_t[sl, d, j] = k[b, j, h, d]            (columns T … T+L-1: zeros, read by a tile
+                                               that runs past the last key)
 
 In (B, T, H, D) memory a head's consecutive rows are H·D numbers apart — 2 KB for 8 heads
 of 64 in float32 — and a power-of-two stride puts a window's 128 keys on a few cache sets,
@@ -49,27 +52,44 @@ hold at consecutive positions of their CSR rows:
 
 Every entry is still computed exactly once:
 
-- **shared run (fast path)**: for each key j of the run, the G rows' dot products with
-  k_j are one loop over d with G accumulators (k_j is loaded once for G rows), and the
-  weighted sums add w_rj·v_j into G rows in one loop over d;
+- **shared run (fast path)**, the G rows at once, in *register tiles* written with the
+  vectors of :mod:`refsparse.kernels.simd` (L = 16 float32 or 8 float64 numbers, one
+  cache line):
+  - scores: when the run's keys are consecutive (windows, blocks), a tile is G rows × L
+    keys, summed over d with the keys transposed (XT[d, j] = k_j[d], so L keys at one d
+    are one vector): 4 vector accumulators that stay in registers for the whole loop over
+    d. Otherwise (scattered keys) two keys per pass with G × 2 scalar accumulators;
+  - weighted sums: a tile is G output rows × L numbers, kept in registers over the whole
+    run: y_r[c:c+L] += w_rj · v_j[c:c+L] for each key j (when L divides Dv; else one
+    loop over d per key);
 - **the rest of each row (general path)**: entry by entry, one row at a time — for a
   pattern with no shared keys (random patterns) this is the whole computation.
 
 The order of the terms of each sum changes (shared run first), not the terms.
 
-Per group the kernels first fill a scratch row of scores per query (``work``: (n_threads,
-2, G, width) with width ≥ the longest row), then softmax each row in place, then
+A task is a block of KB = 4 groups (16 rows), and their tiles go in lockstep: tile k of
+every group, then tile k+1. The runs of neighbouring groups are nearly the same keys, so
+one group's tile finds the lines it reads in L1, where the previous group's tile just
+brought them.
+
+Per block the kernels first fill a scratch row of scores per row (``work``: (n_threads,
+2, KB·G, width + L) with width ≥ the longest row), then softmax each row in place, then
 accumulate — three short loops instead of an online softmax, so the exp calls run in a
 tight loop and no rescaling is needed.
+
+Measured at T = 4096, window 128, 8 heads of 64, float32, forward + backward on 2 threads
+(in one process, minimum of 30 alternating runs): 97 ms with the tiles against 150 ms
+with the scalar loops of the previous version. See docs/sparse-attention.md, "Where the
+time goes".
 
 NumPy twin: ``refsparse.functional.attention_forward`` / ``attention_backward`` with the
 dense boolean mask ``pattern.toarray()`` — the tests hold these kernels to it.
 
 Cost: forward 2·nnz·D multiply-adds and one exp per entry; backward 7·nnz·D multiply-adds
 and two exps per entry (scores recomputed from ``lse``, as FlashAttention does), plus a copy
-of two (B, T, H, D) arrays per kernel. Memory besides inputs and outputs: O(B·H·T) (lse,
-delta), the pattern, one slab (at most SLAB_BYTES) and 2·G·width numbers per thread —
-never O(T²).
+of two (B, T, H, D) arrays per kernel, as rows and transposed. Memory besides inputs and
+outputs: O(B·H·T) (lse, delta), the pattern, one slab (at most SLAB_BYTES) and
+2·KB·G·(width + L) numbers per thread — never O(T²).
 """
 
 from __future__ import annotations
@@ -78,8 +98,10 @@ import numba
 import numpy as np
 
 from .activations import exp_softmax
+from .simd import LINE_BYTES, vfma, vlanes, vload, vsplat, vstore
 
 G = 4  # rows per group (the fast path's register blocking)
+KB = 4  # groups per task, their tiles in lockstep (see _block_dots)
 
 _FLAGS = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 _INNER = dict(cache=True, fastmath={"reassoc", "contract"})
@@ -156,71 +178,85 @@ def shared_segments(indptr, indices):
 
 
 @numba.njit(**_INNER)
-def _group_dots(S, A, b, h, X, bx, hx, i0, n_rows, ip, indices, start, n_shared):
-    """S[r, t] = A[b, i0+r, h] · X[bx, indices[ip[i0+r] + t], hx] for every entry t of the
-    rows i0 … i0+n_rows-1 of one group. S (G, width); A (B, T, H, D); X (B', T', H', D)
-    (the kernels pass a slab copy of one head's keys: X[bx, :, hx] contiguous rows).
+def _consecutive(indices, s, n):
+    """Whether indices[s : s+n] (sorted, distinct) are n consecutive ids."""
+    return n > 0 and indices[s + n - 1] - indices[s] == n - 1
 
-    Fast path: the shared run (n_shared keys at offsets start[r] …) with G rows at once;
-    general path: the rest of each row.
+
+@numba.njit(**_INNER)
+def _tile_dots(S, A, b, h, XT, i0, ip, indices, start, t):
+    """One register tile of a group's shared run (its keys consecutive): for the 4 rows
+    i0 … i0+3 and the run's keys t … t+L-1 (L = vlanes: 16 float32, 8 float64),
+    S[r, o_r + u] = A[b, i0+r, h] · x_{j0+t+u}, o_r where the run sits in row r's scratch.
+
+    S (G, width + L); A (B, T, H, D); XT (D, T'+L) the keys transposed (XT[d, j] = x_j[d]),
+    so L consecutive keys at one d are one vector. The 4 × L sums stay in registers over
+    d and each is summed in order of d. A tile at the run's end reads up to L−1 keys past
+    it (other keys, or XT's zero padding) and writes their lanes into S past the run:
+    those positions are the row's later entries, which the general path writes after, or
+    scratch padding — no number from them is used.
     """
+    D = XT.shape[0]
+    a0, a1, a2, a3 = A[b, i0, h], A[b, i0 + 1, h], A[b, i0 + 2, h], A[b, i0 + 3, h]  # (D,)
+    j = indices[start[0]] + t  # the tile's first key
+    c0 = c1 = c2 = c3 = vsplat(XT.dtype.type(0))  # (L,) S[r, o_r+t : o_r+t+L], in registers
+    for d in range(D):
+        x = vload(XT[d], j)  # (L,) keys j … j+L-1 at dimension d
+        c0 = vfma(vsplat(a0[d]), x, c0)
+        c1 = vfma(vsplat(a1[d]), x, c1)
+        c2 = vfma(vsplat(a2[d]), x, c2)
+        c3 = vfma(vsplat(a3[d]), x, c3)
+    vstore(S[0], start[0] - ip[i0] + t, c0)
+    vstore(S[1], start[1] - ip[i0 + 1] + t, c1)
+    vstore(S[2], start[2] - ip[i0 + 2] + t, c2)
+    vstore(S[3], start[3] - ip[i0 + 3] + t, c3)
+
+
+@numba.njit(**_INNER)
+def _pair_dots(S, A, b, h, X, i0, ip, indices, start, n_shared):
+    """A group's shared run when its keys are not consecutive: two keys per pass, the
+    4 rows' 8 dot products in 8 accumulators (each row's a[d] loaded once for both keys).
+    X (T', D) one head's keys as contiguous rows."""
     D = A.shape[3]
     zero = A.dtype.type(0)
-    if n_shared > 0:  # here n_rows == G == 4
-        a0, a1, a2, a3 = A[b, i0, h], A[b, i0 + 1, h], A[b, i0 + 2, h], A[b, i0 + 3, h]  # (D,)
-        o0 = start[0] - ip[i0]  # where the run sits in each scratch row
-        o1 = start[1] - ip[i0 + 1]
-        o2 = start[2] - ip[i0 + 2]
-        o3 = start[3] - ip[i0 + 3]
-        s = start[0]
-        t = 0
-        while t + 2 <= n_shared:  # two keys per pass: each row's a[d] loaded once for both
-            x = X[bx, indices[s + t], hx]  # (D,) loaded once for the four rows
-            z = X[bx, indices[s + t + 1], hx]
-            d0 = zero
-            d1 = zero
-            d2 = zero
-            d3 = zero
-            e0 = zero
-            e1 = zero
-            e2 = zero
-            e3 = zero
-            for d in range(D):
-                xd = x[d]
-                zd = z[d]
-                d0 += a0[d] * xd
-                d1 += a1[d] * xd
-                d2 += a2[d] * xd
-                d3 += a3[d] * xd
-                e0 += a0[d] * zd
-                e1 += a1[d] * zd
-                e2 += a2[d] * zd
-                e3 += a3[d] * zd
-            S[0, o0 + t] = d0
-            S[1, o1 + t] = d1
-            S[2, o2 + t] = d2
-            S[3, o3 + t] = d3
+    a0, a1, a2, a3 = A[b, i0, h], A[b, i0 + 1, h], A[b, i0 + 2, h], A[b, i0 + 3, h]  # (D,)
+    o0 = start[0] - ip[i0]  # where the run sits in each scratch row
+    o1 = start[1] - ip[i0 + 1]
+    o2 = start[2] - ip[i0 + 2]
+    o3 = start[3] - ip[i0 + 3]
+    s = start[0]
+    for t in range(0, n_shared, 2):
+        x = X[indices[s + t]]  # (D,) loaded once for the four rows
+        z = X[indices[s + t + 1]] if t + 1 < n_shared else x  # an odd last key: z unused
+        d0 = d1 = d2 = d3 = e0 = e1 = e2 = e3 = zero
+        for d in range(D):
+            xd = x[d]
+            zd = z[d]
+            d0 += a0[d] * xd
+            d1 += a1[d] * xd
+            d2 += a2[d] * xd
+            d3 += a3[d] * xd
+            e0 += a0[d] * zd
+            e1 += a1[d] * zd
+            e2 += a2[d] * zd
+            e3 += a3[d] * zd
+        S[0, o0 + t] = d0
+        S[1, o1 + t] = d1
+        S[2, o2 + t] = d2
+        S[3, o3 + t] = d3
+        if t + 1 < n_shared:
             S[0, o0 + t + 1] = e0
             S[1, o1 + t + 1] = e1
             S[2, o2 + t + 1] = e2
             S[3, o3 + t + 1] = e3
-            t += 2
-        if t < n_shared:  # an odd last key
-            x = X[bx, indices[s + t], hx]
-            d0 = zero
-            d1 = zero
-            d2 = zero
-            d3 = zero
-            for d in range(D):
-                xd = x[d]
-                d0 += a0[d] * xd
-                d1 += a1[d] * xd
-                d2 += a2[d] * xd
-                d3 += a3[d] * xd
-            S[0, o0 + t] = d0
-            S[1, o1 + t] = d1
-            S[2, o2 + t] = d2
-            S[3, o3 + t] = d3
+
+
+@numba.njit(**_INNER)
+def _rest_dots(S, A, b, h, X, i0, n_rows, ip, indices, start, n_shared):
+    """The general path: every entry of rows i0 … i0+n_rows-1 outside the shared run,
+    one dot product each."""
+    D = A.shape[3]
+    zero = A.dtype.type(0)
     for r in range(n_rows):
         i = i0 + r
         e0, e1 = ip[i], ip[i + 1]
@@ -231,7 +267,7 @@ def _group_dots(S, A, b, h, X, bx, hx, i0, n_rows, ip, indices, start, n_shared)
         for part in range(2):  # the entries before the shared run, then after it
             p0, p1 = (e0, c0) if part == 0 else (c1, e1)
             for e in range(p0, p1):
-                x = X[bx, indices[e], hx]  # (D,)
+                x = X[indices[e]]  # (D,)
                 acc = zero
                 for d in range(D):
                     acc += a[d] * x[d]
@@ -239,46 +275,94 @@ def _group_dots(S, A, b, h, X, bx, hx, i0, n_rows, ip, indices, start, n_shared)
 
 
 @numba.njit(**_INNER)
-def _group_accumulate(O, b, h, W, X, bx, hx, i0, n_rows, ip, indices, start, n_shared):
-    """O[b, i0+r, h] += Σ_t W[r, t] · X[bx, indices[ip[i0+r] + t], hx] for the rows of one
-    group. O (B, T, H, Dv) written; W (G, width); X (B', T', H', Dv) (a slab copy, as above).
+def _block_dots(S, A, b, h, X, XT, g0, g1, T, ip, indices, seg_start, seg_len):
+    """S[G·(g−g0) + r, t] = A[b, G·g+r, h] · X[indices[ip[G·g+r] + t]] for every entry t of
+    the rows of groups g0 … g1-1. S (KB·G, width + L); A (B, T, H, D); X (T', D) one head's
+    keys as contiguous rows (its slab copy) and XT (D, T'+L) the same keys transposed;
+    seg_start (NG, G), seg_len (NG,) the pattern's shared runs.
 
-    Fast path: the shared run adds into the G rows in one loop over d per key;
-    general path: the rest of each row.
+    Fast path, each group's shared run with its 4 rows at once: register tiles over XT
+    when the run's keys are consecutive (windows, blocks), else two keys per pass. The
+    groups' tiles go in lockstep — tile k of every group, then tile k+1 — because the
+    runs of neighbouring groups are nearly the same keys: tile k of the next group reads
+    XT lines that tile k of this one just brought into L1. General path: the rest of
+    each row.
     """
-    Dv = X.shape[3]
-    if n_shared > 0:
-        y0, y1, y2, y3 = O[b, i0, h], O[b, i0 + 1, h], O[b, i0 + 2, h], O[b, i0 + 3, h]  # (Dv,)
-        o0 = start[0] - ip[i0]
-        o1 = start[1] - ip[i0 + 1]
-        o2 = start[2] - ip[i0 + 2]
-        o3 = start[3] - ip[i0 + 3]
-        s = start[0]
-        t = 0
-        while t + 2 <= n_shared:  # two keys per pass: half the loads and stores of y
-            x = X[bx, indices[s + t], hx]  # (Dv,)
-            z = X[bx, indices[s + t + 1], hx]
-            w0, u0 = W[0, o0 + t], W[0, o0 + t + 1]
-            w1, u1 = W[1, o1 + t], W[1, o1 + t + 1]
-            w2, u2 = W[2, o2 + t], W[2, o2 + t + 1]
-            w3, u3 = W[3, o3 + t], W[3, o3 + t + 1]
-            for d in range(Dv):
-                xd = x[d]
-                zd = z[d]
-                y0[d] += w0 * xd + u0 * zd
-                y1[d] += w1 * xd + u1 * zd
-                y2[d] += w2 * xd + u2 * zd
-                y3[d] += w3 * xd + u3 * zd
-            t += 2
-        if t < n_shared:  # an odd last key
-            x = X[bx, indices[s + t], hx]
-            w0, w1, w2, w3 = W[0, o0 + t], W[1, o1 + t], W[2, o2 + t], W[3, o3 + t]
-            for d in range(Dv):
-                xd = x[d]
-                y0[d] += w0 * xd
-                y1[d] += w1 * xd
-                y2[d] += w2 * xd
-                y3[d] += w3 * xd
+    L = vlanes(XT)
+    n_tiles = 0
+    for g in range(g0, g1):
+        if _consecutive(indices, seg_start[g, 0], seg_len[g]):
+            n_tiles = max(n_tiles, (seg_len[g] + L - 1) // L)
+    for k in range(n_tiles):
+        for g in range(g0, g1):
+            if k * L < seg_len[g] and _consecutive(indices, seg_start[g, 0], seg_len[g]):
+                _tile_dots(S[G * (g - g0) :], A, b, h, XT, G * g, ip, indices, seg_start[g], k * L)
+    for g in range(g0, g1):
+        Sg = S[G * (g - g0) :]  # (…, width + L) the group's rows first
+        if seg_len[g] > 0 and not _consecutive(indices, seg_start[g, 0], seg_len[g]):
+            _pair_dots(Sg, A, b, h, X, G * g, ip, indices, seg_start[g], seg_len[g])
+        _rest_dots(Sg, A, b, h, X, G * g, min(G, T - G * g), ip, indices, seg_start[g], seg_len[g])
+
+
+@numba.njit(**_INNER)
+def _tile_accumulate(O, b, h, W, X, i0, ip, indices, start, n_shared, c):
+    """Numbers c … c+L-1 of a group's 4 output rows, from its shared run:
+    O[b, i0+r, h, c:c+L] += Σ_u W[r, o_r + u] · X[j_u, c:c+L], a register tile of 4 × L
+    kept over the run's keys j_u (read at j0 + u when consecutive — through ``indices``
+    the same loop ran at half the speed)."""
+    y0, y1, y2, y3 = O[b, i0, h], O[b, i0 + 1, h], O[b, i0 + 2, h], O[b, i0 + 3, h]  # (Dv,)
+    w0 = W[0, start[0] - ip[i0] :]  # the run's weights in each row
+    w1 = W[1, start[1] - ip[i0 + 1] :]
+    w2 = W[2, start[2] - ip[i0 + 2] :]
+    w3 = W[3, start[3] - ip[i0 + 3] :]
+    s = start[0]
+    j0 = indices[s]
+    c0, c1, c2, c3 = vload(y0, c), vload(y1, c), vload(y2, c), vload(y3, c)  # (L,) in registers
+    if _consecutive(indices, s, n_shared):
+        for u in range(n_shared):
+            x = vload(X[j0 + u], c)  # (L,) of the run's key u
+            c0 = vfma(vsplat(w0[u]), x, c0)
+            c1 = vfma(vsplat(w1[u]), x, c1)
+            c2 = vfma(vsplat(w2[u]), x, c2)
+            c3 = vfma(vsplat(w3[u]), x, c3)
+    else:
+        for u in range(n_shared):
+            x = vload(X[indices[s + u]], c)
+            c0 = vfma(vsplat(w0[u]), x, c0)
+            c1 = vfma(vsplat(w1[u]), x, c1)
+            c2 = vfma(vsplat(w2[u]), x, c2)
+            c3 = vfma(vsplat(w3[u]), x, c3)
+    vstore(y0, c, c0)
+    vstore(y1, c, c1)
+    vstore(y2, c, c2)
+    vstore(y3, c, c3)
+
+
+@numba.njit(**_INNER)
+def _pair_accumulate(O, b, h, W, X, i0, ip, indices, start, n_shared):
+    """A group's shared run when L does not divide Dv: one loop over d per key, into the
+    4 rows."""
+    Dv = X.shape[1]
+    y0, y1, y2, y3 = O[b, i0, h], O[b, i0 + 1, h], O[b, i0 + 2, h], O[b, i0 + 3, h]  # (Dv,)
+    w0 = W[0, start[0] - ip[i0] :]
+    w1 = W[1, start[1] - ip[i0 + 1] :]
+    w2 = W[2, start[2] - ip[i0 + 2] :]
+    w3 = W[3, start[3] - ip[i0 + 3] :]
+    s = start[0]
+    for u in range(n_shared):
+        x = X[indices[s + u]]  # (Dv,)
+        for d in range(Dv):
+            xd = x[d]
+            y0[d] += w0[u] * xd
+            y1[d] += w1[u] * xd
+            y2[d] += w2[u] * xd
+            y3[d] += w3[u] * xd
+
+
+@numba.njit(**_INNER)
+def _rest_accumulate(O, b, h, W, X, i0, n_rows, ip, indices, start, n_shared):
+    """The general path: every entry of rows i0 … i0+n_rows-1 outside the shared run."""
+    Dv = X.shape[1]
     for r in range(n_rows):
         i = i0 + r
         e0, e1 = ip[i], ip[i + 1]
@@ -289,39 +373,77 @@ def _group_accumulate(O, b, h, W, X, bx, hx, i0, n_rows, ip, indices, start, n_s
         for part in range(2):  # the entries before the shared run, then after it
             p0, p1 = (e0, c0) if part == 0 else (c1, e1)
             for e in range(p0, p1):
-                x = X[bx, indices[e], hx]  # (Dv,)
+                x = X[indices[e]]  # (Dv,)
                 w = wr[e - e0]
                 for d in range(Dv):
                     y[d] += w * x[d]
+
+
+@numba.njit(**_INNER)
+def _block_accumulate(O, b, h, W, X, g0, g1, T, ip, indices, seg_start, seg_len):
+    """O[b, i, h] += Σ_t W[G·(g−g0) + r, t] · X[indices[ip[i] + t]] for the rows i = G·g + r
+    of groups g0 … g1-1. O (B, T, H, Dv) written; W (KB·G, width + L); X (T', Dv) one
+    head's rows (a slab copy).
+
+    Fast path, each group's shared run: register tiles of 4 rows × L numbers when L divides
+    Dv — numbers c … c+L-1 of every group in turn, then the next L, so that the next
+    group's run (nearly the same keys) finds those rows' lines in L1 — else one loop over
+    d per key. General path: the rest of each row.
+    """
+    Dv = X.shape[1]
+    L = vlanes(X)
+    if Dv % L == 0:
+        for c in range(0, Dv, L):
+            for g in range(g0, g1):
+                if seg_len[g] > 0:
+                    _tile_accumulate(O, b, h, W[G * (g - g0) :], X, G * g, ip, indices, seg_start[g], seg_len[g], c)
+    else:
+        for g in range(g0, g1):
+            if seg_len[g] > 0:
+                _pair_accumulate(O, b, h, W[G * (g - g0) :], X, G * g, ip, indices, seg_start[g], seg_len[g])
+    for g in range(g0, g1):
+        _rest_accumulate(O, b, h, W[G * (g - g0) :], X, G * g, min(G, T - G * g), ip, indices, seg_start[g],
+                         seg_len[g])
 
 
 TB = 64  # rows per task of the slab copies (_copy_slab_rows)
 
 
 @numba.njit(**_INNER)
-def _copy_slab_rows(x, y, s0, tt, NTB, H, xs, ys):
+def _copy_slab_rows(x, y, s0, tt, NTB, H, xs, ys, xts, yts):
     """Task tt of a slab copy: rows t0 … t1-1 (a block of TB) of head s0 + tt // NTB of
-    x and of y (B, T, H, ·) into the contiguous rows of xs, ys (SH, T, 1, ·) at that head's
-    place in the slab. NTB = ceil(T / TB) tasks per head."""
+    x and of y (B, T, H, ·) into the contiguous rows of xs, ys (SH, T, ·) at that head's
+    place in the slab, then the same block transposed into xts, yts (SH, ·, T+L):
+    xts[sl, d, t] = x[b, t, h, d] — read from the rows just written, which are contiguous.
+    A transposed slab of shape (SH, 0, ·) is not wanted and gets nothing. NTB = ceil(T / TB)
+    tasks per head."""
     bh = s0 + tt // NTB
+    sl = tt // NTB
     b, h = bh // H, bh % H
     t0 = (tt % NTB) * TB
     t1 = min(x.shape[1], t0 + TB)
     for t in range(t0, t1):
-        src, dst = x[b, t, h], xs[tt // NTB, t, 0]  # (D,)
+        src, dst = x[b, t, h], xs[sl, t]  # (D,)
         for d in range(src.size):
             dst[d] = src[d]
-        src, dst = y[b, t, h], ys[tt // NTB, t, 0]  # (Dv,)
+        src, dst = y[b, t, h], ys[sl, t]  # (Dv,)
         for d in range(src.size):
             dst[d] = src[d]
+    for d in range(xts.shape[1]):
+        for t in range(t0, t1):
+            xts[sl, d, t] = xs[sl, t, d]
+    for d in range(yts.shape[1]):
+        for t in range(t0, t1):
+            yts[sl, d, t] = ys[sl, t, d]
 
 
 @numba.njit(**_INNER)
-def _fwd_group(q, ks, vs, sl, indptr, indices, seg_start, seg_len, scale, out, lse, S, b, h, g):
-    """The forward of query group g of head (b, h): scores into S (G, width), softmax of
-    each row in place, then the out rows. ks, vs: the slab copies, head (b, h) at [sl]."""
+def _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, out, lse, S, b, h, g0, g1):
+    """The forward of query groups g0 … g1-1 of head (b, h): scores into S (KB·G,
+    width + L), softmax of each row in place, then the out rows. ks, vs, ks_t: the slab
+    copies, head (b, h) at [sl]."""
     Tq = q.shape[1]
-    Dv = vs.shape[3]
+    Dv = vs.shape[2]
     PB, PH = indptr.shape[0], indptr.shape[1]
     zero = q.dtype.type(0)
     one = q.dtype.type(1)
@@ -329,15 +451,10 @@ def _fwd_group(q, ks, vs, sl, indptr, indices, seg_start, seg_len, scale, out, l
     pb = b if PB > 1 else 0
     ph = h if PH > 1 else 0
     ip = indptr[pb, ph]  # (Tq+1,)
-    i0 = g * G
-    n_rows = min(G, Tq - i0)
-    start = seg_start[pb, ph, g]  # (G,)
-    n_shared = seg_len[pb, ph, g]
     # 1. scores (unscaled dot products)
-    _group_dots(S, q, b, h, ks, sl, 0, i0, n_rows, ip, indices, start, n_shared)
+    _block_dots(S, q, b, h, ks[sl], ks_t[sl], g0, g1, Tq, ip, indices, seg_start[pb, ph], seg_len[pb, ph])
     # 2. softmax of each row, in place
-    for r in range(n_rows):
-        i = i0 + r
+    for i in range(G * g0, min(Tq, G * g1)):
         n = ip[i + 1] - ip[i]
         o = out[b, i, h]  # (Dv,)
         for d in range(Dv):
@@ -345,7 +462,7 @@ def _fwd_group(q, ks, vs, sl, indptr, indices, seg_start, seg_len, scale, out, l
         if n == 0:
             lse[b, h, i] = neg_inf
             continue
-        sr = S[r]
+        sr = S[i - G * g0]
         m = neg_inf
         for t in range(n):
             sr[t] *= scale
@@ -360,11 +477,12 @@ def _fwd_group(q, ks, vs, sl, indptr, indices, seg_start, seg_len, scale, out, l
             sr[t] *= inv
         lse[b, h, i] = m + np.log(l)
     # 3. out_i = Σ_j p_ij v_j
-    _group_accumulate(out, b, h, S, vs, sl, 0, i0, n_rows, ip, indices, start, n_shared)
+    _block_accumulate(out, b, h, S, vs[sl], g0, g1, Tq, ip, indices, seg_start[pb, ph], seg_len[pb, ph])
 
 
 @numba.njit(**_FLAGS)
-def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, out, lse, work, ks, vs):
+def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, out, lse, work, ks, vs, ks_t,
+                         vs_t):
     """Forward over the pattern's entries only; writes ``out`` and ``lse``.
 
     For each (b, h, i), over the stored keys j of row i:
@@ -373,12 +491,14 @@ def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, ou
     An empty row gives out_i = 0 and lse_i = −∞.
 
     Heads go SH = ks.shape[0] at a time (a *slab*): their keys and values are first copied
-    into ks, vs (SH, Tk, 1, D|Dv), one head's rows contiguous — in the (B, T, H, D) layout
+    into ks, vs (SH, Tk, D|Dv), one head's rows contiguous — in the (B, T, H, D) layout
     a head's consecutive keys are H·D numbers apart, and at H·D·itemsize = 2 KB (8 heads of
     64, float32) that stride maps a window's keys onto a few cache sets, which evicts them
-    before the next group reuses them. Then parallel over (head of the slab, group of G query
-    rows); per group: 1. the scores of its rows into a scratch row each (work[thread, 0],
-    (G, width)), 2. softmax of each row in place, 3. out rows = Σ p_j v_j.
+    before the next group reuses them — and the keys also transposed into ks_t (SH, D, Tk+L)
+    for the register tile of the scores (vs_t is (SH, 0, ·): the forward needs no transposed
+    values). Then parallel over (head of the slab, group of G query rows); per group: 1. the
+    scores of its rows into a scratch row each (work[thread, 0], (G, width + L)), 2. softmax
+    of each row in place, 3. out rows = Σ p_j v_j.
     ``scale`` must be a scalar of q's dtype. Complexity O(nnz · (D + Dv)) per (b, h).
     """
     B, H, Tk = q.shape[0], q.shape[2], k.shape[1]
@@ -388,33 +508,32 @@ def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, ou
     for s0 in range(0, B * H, SH):  # one slab of heads
         nh = min(SH, B * H - s0)
         for tt in numba.prange(nh * NTB):
-            _copy_slab_rows(k, v, s0, tt, NTB, H, ks, vs)
-        for task in numba.prange(nh * NG):
-            sl = task // NG
-            S = work[numba.get_thread_id(), 0]  # (G, width) scores, then probabilities
-            _fwd_group(q, ks, vs, sl, indptr, indices, seg_start, seg_len, scale, out, lse, S,
-                       (s0 + sl) // H, (s0 + sl) % H, task % NG)
+            _copy_slab_rows(k, v, s0, tt, NTB, H, ks, vs, ks_t, vs_t)
+        NB = (NG + KB - 1) // KB  # blocks of KB groups per head
+        for task in numba.prange(nh * NB):
+            sl = task // NB
+            g0 = (task % NB) * KB
+            S = work[numba.get_thread_id(), 0]  # (KB·G, width + L) scores, then probabilities
+            _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, out, lse, S,
+                       (s0 + sl) // H, (s0 + sl) % H, g0, min(NG, g0 + KB))
 
 
 @numba.njit(**_INNER)
-def _dq_group(q, ks, vs, sl, out, dout, lse, indptr, indices, seg_start, seg_len, scale, dq, delta,
-              S, dS, b, h, g):
-    """dQ (and delta) of query group g of head (b, h); S, dS (G, width) scratch."""
+def _dq_block(q, ks, vs, ks_t, vs_t, sl, out, dout, lse, indptr, indices, seg_start, seg_len, scale, dq, delta,
+              S, dS, b, h, g0, g1):
+    """dQ (and delta) of query groups g0 … g1-1 of head (b, h); S, dS (KB·G, width + L)
+    scratch."""
     Tq, D = q.shape[1], q.shape[3]
-    Dv = vs.shape[3]
+    Dv = vs.shape[2]
     PB, PH = indptr.shape[0], indptr.shape[1]
     zero = q.dtype.type(0)
     pb = b if PB > 1 else 0
     ph = h if PH > 1 else 0
     ip = indptr[pb, ph]  # (Tq+1,)
-    i0 = g * G
-    n_rows = min(G, Tq - i0)
-    start = seg_start[pb, ph, g]
-    n_shared = seg_len[pb, ph, g]
-    _group_dots(S, q, b, h, ks, sl, 0, i0, n_rows, ip, indices, start, n_shared)
-    _group_dots(dS, dout, b, h, vs, sl, 0, i0, n_rows, ip, indices, start, n_shared)
-    for r in range(n_rows):
-        i = i0 + r
+    starts, lens = seg_start[pb, ph], seg_len[pb, ph]
+    _block_dots(S, q, b, h, ks[sl], ks_t[sl], g0, g1, Tq, ip, indices, starts, lens)  # q_i · k_j
+    _block_dots(dS, dout, b, h, vs[sl], vs_t[sl], g0, g1, Tq, ip, indices, starts, lens)  # dp_ij = dO_i · v_j
+    for i in range(G * g0, min(Tq, G * g1)):
         doi = dout[b, i, h]  # (Dv,)
         oi = out[b, i, h]
         dl = zero
@@ -425,24 +544,25 @@ def _dq_group(q, ks, vs, sl, out, dout, lse, indptr, indices, seg_start, seg_len
         for d in range(D):
             dqi[d] = zero
         L = lse[b, h, i]
-        sr = S[r]
-        dsr = dS[r]
+        sr = S[i - G * g0]
+        dsr = dS[i - G * g0]
         for t in range(ip[i + 1] - ip[i]):
             p = exp_softmax(sr[t] * scale - L)
             dsr[t] = scale * p * (dsr[t] - dl)  # scale · ds_ij, so dq needs no rescaling
-    _group_accumulate(dq, b, h, dS, ks, sl, 0, i0, n_rows, ip, indices, start, n_shared)
+    _block_accumulate(dq, b, h, dS, ks[sl], g0, g1, Tq, ip, indices, starts, lens)
 
 
 @numba.njit(**_FLAGS)
 def sparse_attention_bwd_dq(q, k, v, out, dout, lse, indptr, indices, seg_start, seg_len, scale,
-                            dq, delta, work, ks, vs):
+                            dq, delta, work, ks, vs, ks_t, vs_t):
     """dQ, parallel over (head of a slab, group of G query rows); also writes
     delta_i = dO_i · O_i for the dK/dV pass.
 
     With p_ij = exp(q_i · k_j · scale − lse_i) recomputed per stored entry:
     dp_ij = dO_i · v_j, ds_ij = p_ij (dp_ij − delta_i), dq_i = scale · Σ_j ds_ij k_j
     (delta_i = Σ_j p_ij dp_ij = dO_i · O_i: docs/sparse-attention.md, Backward).
-    Slabs of SH = ks.shape[0] heads, their keys and values copied into ks, vs as in the forward.
+    Slabs of SH = ks.shape[0] heads, their keys and values copied into ks, vs, and
+    transposed into ks_t, vs_t (SH, D|Dv, Tk+L), as in the forward.
     """
     B, H, Tk = q.shape[0], q.shape[2], k.shape[1]
     NG = seg_len.shape[2]
@@ -451,19 +571,21 @@ def sparse_attention_bwd_dq(q, k, v, out, dout, lse, indptr, indices, seg_start,
     for s0 in range(0, B * H, SH):
         nh = min(SH, B * H - s0)
         for tt in numba.prange(nh * NTB):
-            _copy_slab_rows(k, v, s0, tt, NTB, H, ks, vs)
-        for task in numba.prange(nh * NG):
-            sl = task // NG
-            S = work[numba.get_thread_id(), 0]  # (G, width) scores, then p
-            dS = work[numba.get_thread_id(), 1]  # (G, width) dp, then scale · ds
-            _dq_group(q, ks, vs, sl, out, dout, lse, indptr, indices, seg_start, seg_len, scale, dq, delta,
-                      S, dS, (s0 + sl) // H, (s0 + sl) % H, task % NG)
+            _copy_slab_rows(k, v, s0, tt, NTB, H, ks, vs, ks_t, vs_t)
+        NB = (NG + KB - 1) // KB
+        for task in numba.prange(nh * NB):
+            sl = task // NB
+            g0 = (task % NB) * KB
+            S = work[numba.get_thread_id(), 0]  # (KB·G, width + L) scores, then p
+            dS = work[numba.get_thread_id(), 1]  # (KB·G, width + L) dp, then scale · ds
+            _dq_block(q, ks, vs, ks_t, vs_t, sl, out, dout, lse, indptr, indices, seg_start, seg_len, scale, dq, delta,
+                      S, dS, (s0 + sl) // H, (s0 + sl) % H, g0, min(NG, g0 + KB))
 
 
 @numba.njit(**_INNER)
-def _dkv_group(k, v, qs, dos, sl, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len, scale,
-               dk, dv, P, dS, b, h, g):
-    """dK and dV of key group g of head (b, h); P, dS (G, width) scratch."""
+def _dkv_block(k, v, qs, dos, qs_t, dos_t, sl, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len, scale,
+               dk, dv, P, dS, b, h, g0, g1):
+    """dK and dV of key groups g0 … g1-1 of head (b, h); P, dS (KB·G, width + L) scratch."""
     Tk, D = k.shape[1], k.shape[3]
     Dv = v.shape[3]
     PB, PH = t_indptr.shape[0], t_indptr.shape[1]
@@ -471,14 +593,12 @@ def _dkv_group(k, v, qs, dos, sl, lse, delta, t_indptr, t_indices, t_seg_start, 
     pb = b if PB > 1 else 0
     ph = h if PH > 1 else 0
     ip = t_indptr[pb, ph]  # (Tk+1,) column j lists the queries that attend to key j
-    j0 = g * G
-    n_rows = min(G, Tk - j0)
-    start = t_seg_start[pb, ph, g]
-    n_shared = t_seg_len[pb, ph, g]
-    _group_dots(P, k, b, h, qs, sl, 0, j0, n_rows, ip, t_indices, start, n_shared)
-    _group_dots(dS, v, b, h, dos, sl, 0, j0, n_rows, ip, t_indices, start, n_shared)
-    for r in range(n_rows):
-        j = j0 + r
+    starts, lens = t_seg_start[pb, ph], t_seg_len[pb, ph]
+    _block_dots(P, k, b, h, qs[sl], qs_t[sl], g0, g1, Tk, ip, t_indices, starts, lens)  # k_j · q_i
+    _block_dots(dS, v, b, h, dos[sl], dos_t[sl], g0, g1, Tk, ip, t_indices, starts, lens)  # dp_ij = v_j · dO_i
+    lse_h = lse[b, h]  # (Tq,)
+    delta_h = delta[b, h]
+    for j in range(G * g0, min(Tk, G * g1)):
         dkj = dk[b, j, h]  # (D,)
         dvj = dv[b, j, h]  # (Dv,)
         for d in range(D):
@@ -486,27 +606,38 @@ def _dkv_group(k, v, qs, dos, sl, lse, delta, t_indptr, t_indices, t_seg_start, 
         for d in range(Dv):
             dvj[d] = zero
         e0 = ip[j]
-        pr = P[r]
-        dsr = dS[r]
-        for t in range(ip[j + 1] - e0):
-            i = t_indices[e0 + t]
-            p = exp_softmax(pr[t] * scale - lse[b, h, i])
-            pr[t] = p
-            dsr[t] = scale * p * (dsr[t] - delta[b, h, i])
-    _group_accumulate(dv, b, h, P, dos, sl, 0, j0, n_rows, ip, t_indices, start, n_shared)
-    _group_accumulate(dk, b, h, dS, qs, sl, 0, j0, n_rows, ip, t_indices, start, n_shared)
+        n = ip[j + 1] - e0
+        pr = P[j - G * g0]
+        dsr = dS[j - G * g0]
+        if _consecutive(t_indices, e0, n):
+            # consecutive queries (windows, blocks): lse and delta read in order — this
+            # loop vectorises, where the gather below costs ~4x as much per entry
+            i_first = t_indices[e0]
+            for t in range(n):
+                p = exp_softmax(pr[t] * scale - lse_h[i_first + t])
+                pr[t] = p
+                dsr[t] = scale * p * (dsr[t] - delta_h[i_first + t])
+        else:
+            for t in range(n):
+                i = t_indices[e0 + t]
+                p = exp_softmax(pr[t] * scale - lse_h[i])
+                pr[t] = p
+                dsr[t] = scale * p * (dsr[t] - delta_h[i])
+    _block_accumulate(dv, b, h, P, dos[sl], g0, g1, Tk, ip, t_indices, starts, lens)
+    _block_accumulate(dk, b, h, dS, qs[sl], g0, g1, Tk, ip, t_indices, starts, lens)
 
 
 @numba.njit(**_FLAGS)
 def sparse_attention_bwd_dkv(q, k, v, dout, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len,
-                             scale, dk, dv, work, qs, dos):
+                             scale, dk, dv, work, qs, dos, qs_t, dos_t):
     """dK and dV, parallel over (head of a slab, group of G keys) through the transposed
     pattern.
 
     For each key j and each query i that may attend to it:
     dv_j += p_ij dO_i,   dk_j += scale · p_ij (dO_i · v_j − delta_i) q_i.
     A key no query attends to gets zero gradients. Slabs of SH = qs.shape[0] heads, their
-    queries and output gradients copied into qs, dos (SH, Tq, 1, D|Dv).
+    queries and output gradients copied into qs, dos (SH, Tq, D|Dv) and transposed into
+    qs_t, dos_t (SH, D|Dv, Tq+L).
     """
     B, Tq, H = q.shape[0], q.shape[1], q.shape[2]
     NG = t_seg_len.shape[2]  # groups of G keys
@@ -515,30 +646,44 @@ def sparse_attention_bwd_dkv(q, k, v, dout, lse, delta, t_indptr, t_indices, t_s
     for s0 in range(0, B * H, SH):
         nh = min(SH, B * H - s0)
         for tt in numba.prange(nh * NTB):
-            _copy_slab_rows(q, dout, s0, tt, NTB, H, qs, dos)
-        for task in numba.prange(nh * NG):
-            sl = task // NG
-            P = work[numba.get_thread_id(), 0]  # (G, width) scores, then p
-            dS = work[numba.get_thread_id(), 1]  # (G, width) dp, then scale · ds
-            _dkv_group(k, v, qs, dos, sl, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len, scale,
-                       dk, dv, P, dS, (s0 + sl) // H, (s0 + sl) % H, task % NG)
+            _copy_slab_rows(q, dout, s0, tt, NTB, H, qs, dos, qs_t, dos_t)
+        NB = (NG + KB - 1) // KB
+        for task in numba.prange(nh * NB):
+            sl = task // NB
+            g0 = (task % NB) * KB
+            P = work[numba.get_thread_id(), 0]  # (KB·G, width + L) scores, then p
+            dS = work[numba.get_thread_id(), 1]  # (KB·G, width + L) dp, then scale · ds
+            _dkv_block(k, v, qs, dos, qs_t, dos_t, sl, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len, scale,
+                       dk, dv, P, dS, (s0 + sl) // H, (s0 + sl) % H, g0, min(NG, g0 + KB))
 
 
 def new_work(width, dtype):
-    """The kernels' per-thread scratch: (n_threads, 2, G, width) — two score rows per row of
-    a group, width ≥ the longest row (or column, for the dK/dV kernel) of the pattern."""
-    return np.empty((numba.config.NUMBA_NUM_THREADS, 2, G, max(int(width), 1)), dtype=dtype)
+    """The kernels' per-thread scratch: (n_threads, 2, G, width + L) — two score rows per
+    row of a group, width ≥ the longest row (or column, for the dK/dV kernel) of the
+    pattern, plus L = 64 bytes of numbers for the lanes a register tile writes past a row."""
+    lanes = LINE_BYTES // np.dtype(dtype).itemsize
+    return np.empty((numba.config.NUMBA_NUM_THREADS, 2, KB * G, max(int(width), 1) + lanes), dtype=dtype)
 
 
 SLAB_BYTES = 16 << 20  # the most one slab of head copies may take
 
 
-def new_slabs(n_heads, length, widths, dtype):
-    """Scratch for one slab of heads: an (SH, length, 1, w) array per w in ``widths``, with
-    SH the most heads whose copies all fit in SLAB_BYTES (at least 1, at most n_heads).
-    The kernels work one slab at a time, so this — not a copy of every head — is what the
-    copies add to memory: O(T·D), never O(T²), never growing with B·H (at T = 16384,
-    D = Dv = 64, float32: 2 heads of 4 MB + 4 MB, 1.6% of one T × T float32 matrix)."""
-    per_head = max(sum(int(w) for w in widths) * int(length) * np.dtype(dtype).itemsize, 1)
-    sh = int(max(1, min(n_heads, SLAB_BYTES // per_head)))
-    return tuple(np.empty((sh, int(length), 1, int(w)), dtype=dtype) for w in widths)
+def new_slabs(n_heads, length, widths, dtype, transposed):
+    """Scratch for one slab of heads: for each w in ``widths`` an (SH, length, w) array of
+    rows, then for each an (SH, w, length + L) array of the same rows transposed (L = 64
+    bytes of numbers of zero padding, which a register tile may read past the last row), or
+    (SH, 0, length + L) where ``transposed`` says False. SH is the most heads whose copies
+    all fit in SLAB_BYTES (at least 1, at most n_heads). The kernels work one slab at a time,
+    so this — not a copy of every head — is what the copies add to memory: O(T·D), never
+    O(T²), never growing with B·H (at T = 16384, D = Dv = 64, float32, rows and transposed
+    of two arrays: one head of 16 MB, 1.6% of one T × T float32 matrix)."""
+    itemsize = np.dtype(dtype).itemsize
+    lanes = LINE_BYTES // itemsize
+    widths_t = [int(w) if t else 0 for w, t in zip(widths, transposed)]
+    per_head = sum(int(w) * int(length) for w in widths) + sum(w * (int(length) + lanes) for w in widths_t)
+    sh = int(max(1, min(n_heads, SLAB_BYTES // max(per_head * itemsize, 1))))
+    rows = tuple(np.empty((sh, int(length), int(w)), dtype=dtype) for w in widths)
+    cols = tuple(np.empty((sh, w, int(length) + lanes), dtype=dtype) for w in widths_t)
+    for c in cols:
+        c[:, :, int(length):] = 0  # the padding a tile reads past the last row
+    return rows + cols

@@ -1,0 +1,91 @@
+"""refsparse.kernels.simd: the compiled vector operations against their NumPy twin (the same
+functions called from Python), in float32 and float64."""
+
+import numba
+import numpy as np
+import pytest
+from numba.core.errors import TypingError
+
+from refsparse.kernels.simd import vfma, vlanes, vload, vsplat, vstore
+
+
+def tile(a, x, y):
+    """y[c:c+L] += Σ_t a[t] · x[t, c:c+L] for each vector c of y: the shape of the kernels'
+    register tiles. a (n,), x (n, m), y (m,) with L | m."""
+    L = vlanes(y)
+    for c in range(0, y.size, L):
+        acc = vload(y, c)  # (L,)
+        for t in range(a.size):
+            acc = vfma(vsplat(a[t]), vload(x[t], c), acc)
+        vstore(y, c, acc)
+
+
+tile_jit = numba.njit(cache=True)(tile)
+
+
+@numba.njit(cache=True)
+def lanes_jit(a):
+    return vlanes(a)
+
+
+@numba.njit(cache=True)
+def load_store_jit(a, i, out, j):
+    vstore(out, j, vload(a, i))
+
+
+@numba.njit(cache=True)
+def splat_jit(s, out):
+    vstore(out, 0, vsplat(s))
+
+
+@pytest.mark.parametrize("dtype,lanes", [(np.float32, 16), (np.float64, 8)])
+def test_lanes_are_one_cache_line(dtype, lanes):
+    a = np.zeros(3, dtype)
+    assert vlanes(a) == lanes_jit(a) == lanes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_load_store_at_unaligned_offsets(dtype):
+    L = vlanes(np.zeros(1, dtype))
+    a = np.arange(3 * L, dtype=dtype) + 0.25
+    for i in (0, 1, 3, L + 5, 2 * L):
+        out = np.full(2 * L + 3, -1.0, dtype)
+        load_store_jit(a, i, out, 3)
+        want = np.full_like(out, -1.0)
+        want[3 : 3 + L] = a[i : i + L]  # the twin
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_splat(dtype):
+    out = np.zeros(vlanes(np.zeros(1, dtype)), dtype)
+    splat_jit(dtype(-2.5), out)
+    np.testing.assert_array_equal(out, vsplat(dtype(-2.5)))
+    assert vsplat(dtype(1)).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_equals_its_numpy_twin(dtype):
+    """The compiled tile against the same function run as NumPy, and both against a @ x."""
+    rng = np.random.default_rng(0)
+    L = vlanes(np.zeros(1, dtype))
+    a = rng.standard_normal(37).astype(dtype)
+    x = rng.standard_normal((37, 3 * L)).astype(dtype)
+    y0 = rng.standard_normal(3 * L).astype(dtype)
+    y_twin, y_jit = y0.copy(), y0.copy()
+    tile(a, x, y_twin)
+    tile_jit(a, x, y_jit)
+    # the same sums in the same order; a fused multiply-add rounds once where the twin rounds twice
+    eps = np.finfo(dtype).eps
+    bound = 4 * 37 * eps * (np.abs(a) @ np.abs(x) + np.abs(y0))
+    assert np.all(np.abs(y_jit - y_twin) <= bound)
+    want = y0.astype(np.float64) + a.astype(np.float64) @ x.astype(np.float64)
+    assert np.all(np.abs(y_jit - want) <= bound)
+
+
+def test_wrong_arrays_are_rejected_at_compile_time():
+    x = np.zeros((4, 32), np.float32)
+    with pytest.raises(TypingError):
+        load_store_jit(x[:, 0], 0, np.zeros(32, np.float32), 0)  # not C-contiguous
+    with pytest.raises(TypingError):
+        load_store_jit(np.zeros(32, np.int64), 0, np.zeros(32, np.int64), 0)  # not float
