@@ -78,9 +78,9 @@ accumulate — three short loops instead of an online softmax, so the exp calls 
 tight loop and no rescaling is needed.
 
 Measured at T = 4096, window 128, 8 heads of 64, float32, forward + backward on 2 threads
-(in one process, minimum of 30 alternating runs): 97 ms with the tiles against 150 ms
-with the scalar loops of the previous version. See docs/sparse-attention.md, "Where the
-time goes".
+(in one process, 30 alternating runs): minimum 107 ms, median 127 ms with the tiles,
+against 124 and 155 ms with the scalar loops of the previous version. See
+docs/sparse-attention.md, "Where the time goes".
 
 NumPy twin: ``refsparse.functional.attention_forward`` / ``attention_backward`` with the
 dense boolean mask ``pattern.toarray()`` — the tests hold these kernels to it.
