@@ -35,8 +35,7 @@ from ..kernels.sparse_attention import (
     new_slabs,
     new_work,
     shared_segments,
-    sparse_attention_bwd_dkv,
-    sparse_attention_bwd_dq,
+    sparse_attention_bwd,
     sparse_attention_fwd,
 )
 from ._common import check_upstream
@@ -94,7 +93,7 @@ def _as_grid(pattern):
 def prepare_pattern(pattern):
     """Turn a pattern (CSR, per-head list, per-batch list of lists) into the kernels' layout.
 
-    Builds each pattern's transpose once (for the dK/dV pass) and the shared key runs of
+    Builds each pattern's transpose once (for the backward) and the shared key runs of
     each group of 4 rows and of 4 columns (the kernels' fast path). O(nnz) time and memory.
     """
     if isinstance(pattern, PreparedPattern):
@@ -202,9 +201,11 @@ def sparse_attention_forward(q, k, v, pattern):
 def sparse_attention_backward(dout, cache):
     """Gradients (dq, dk, dv) of sparse attention, each shaped like its input (B, H, T, ·).
 
-    Two kernels: dQ row-parallel over queries (which also computes delta_i = dO_i · O_i),
-    then dK and dV row-parallel over keys through the transposed pattern. A query row
-    with no entry has zero dq and contributes nothing to dk and dv.
+    One kernel, row-parallel over keys through the transposed pattern: per key j it
+    recomputes p_ij and ds_ij for the queries i that attend to j, writes dk_j and dv_j, and
+    adds ds_ij k_j into its thread's partial dq_i; dq is the sum of the partials (and
+    delta_i = dO_i · O_i is computed first). A query row with no entry has zero dq and
+    contributes nothing to dk and dv.
 
     Derivation: docs/sparse-attention.md (and docs/backprop.md, section Attention).
     """
@@ -216,16 +217,12 @@ def sparse_attention_backward(dout, cache):
     dk = np.empty_like(k)
     dv = np.empty_like(v)
     delta = np.empty((B, H, Tq), dtype=q.dtype)
-    work = new_work(pp.width, q.dtype)  # (n_threads, 2, 4, width + L) scratch rows
-    Tk, Dv = k.shape[1], v.shape[3]
-    # one slab of heads' keys and values, as rows and transposed
-    slabs = new_slabs(B * H, Tk, (D, Dv), q.dtype, transposed=(True, True))
-    sparse_attention_bwd_dq(q, k, v, out, dO, lse, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale,
-                            dq, delta, work, *slabs)
-    del slabs
-    # then their queries and output gradients
-    slabs = new_slabs(B * H, Tq, (D, Dv), q.dtype, transposed=(True, True))
-    sparse_attention_bwd_dkv(q, k, v, dO, lse, delta, pp.t_indptr, pp.t_indices, pp.t_seg_start, pp.t_seg_len,
-                             scale, dk, dv, work, *slabs)
+    work = new_work(pp.width, q.dtype)  # (n_threads, 2, KB·G, width + L) scratch rows
+    Dv = v.shape[3]
+    # one slab of heads' queries and output gradients, as rows and transposed, and the
+    # threads' partial dQ rows
+    qs, dos, qs_t, dos_t, dqp = new_slabs(B * H, Tq, (D, Dv), q.dtype, transposed=(True, True), partials=D)
+    sparse_attention_bwd(q, k, v, out, dO, lse, pp.t_indptr, pp.t_indices, pp.t_seg_start, pp.t_seg_len, scale,
+                         dq, dk, dv, delta, work, qs, dos, qs_t, dos_t, dqp)
     t = (0, 2, 1, 3)
     return dq.transpose(t), dk.transpose(t), dv.transpose(t)

@@ -1,4 +1,4 @@
-"""Attention over a sparse pattern: forward, and the backward split into dQ and dK/dV.
+"""Attention over a sparse pattern: forward, and the backward in one pass over the keys.
 
 Layout legend (all arrays C-contiguous, one dtype, float32 or float64):
 
@@ -18,12 +18,13 @@ Pattern arrays (CSR of the boolean (Tq, Tk) pattern, one per (batch, head) group
     (b, h) uses pattern (b if PB > 1 else 0, h if PH > 1 else 0).
 
 The transposed pattern (t_indptr (PB, PH, Tk+1), t_indices = query ids) drives the
-dK/dV kernel, which is then parallel over keys: no two threads write one row.
+backward kernel, which is then parallel over keys: no two threads write one row of dK
+or dV, and each thread adds its dQ terms into partial rows of its own.
 
 Slabs of heads
 --------------
-The rows a group streams through — keys and values in the forward and the dQ kernel,
-queries and dO in the dK/dV kernel — are first copied, a slab of SH heads at a time, into
+The rows a group streams through — keys and values in the forward, queries and dO in
+the backward — are first copied, a slab of SH heads at a time, into
 scratch of shape (SH, T, D) where one head's rows are contiguous, and transposed into
 scratch of shape (SH, D, T+L) for the register tiles of the scores:
 
@@ -39,7 +40,7 @@ by :func:`new_slabs` so that a slab stays under SLAB_BYTES whatever B·H is.
 
 Row groups and their shared keys
 --------------------------------
-The kernels work on groups of G = 4 consecutive rows (queries; keys in the dK/dV
+The kernels work on groups of G = 4 consecutive rows (queries; keys in the backward
 kernel). Neighbouring rows of local, strided, block and BigBird patterns mostly attend to
 the same keys: in a causal window of 128, rows i … i+3 share 125 keys. For each group,
 :func:`shared_segments` finds once per pattern the longest run of keys that all G rows
@@ -85,11 +86,12 @@ docs/sparse-attention.md, "Where the time goes".
 NumPy twin: ``refsparse.functional.attention_forward`` / ``attention_backward`` with the
 dense boolean mask ``pattern.toarray()`` — the tests hold these kernels to it.
 
-Cost: forward 2·nnz·D multiply-adds and one exp per entry; backward 7·nnz·D multiply-adds
-and two exps per entry (scores recomputed from ``lse``, as FlashAttention does), plus a copy
-of two (B, T, H, D) arrays per kernel, as rows and transposed. Memory besides inputs and
-outputs: O(B·H·T) (lse, delta), the pattern, one slab (at most SLAB_BYTES) and
-2·KB·G·(width + L) numbers per thread — never O(T²).
+Cost: forward 2·nnz·D multiply-adds and one exp per entry; backward 5·nnz·D multiply-adds
+and one exp per entry (scores recomputed from ``lse``, as FlashAttention does), plus a copy
+of two (B, T, H, D) arrays per kernel, as rows and transposed, and in the backward the sum
+of the threads' partial dQ. Memory besides inputs and outputs: O(B·H·T) (lse, delta), the
+pattern, one slab (at most SLAB_BYTES, or one head: its copies and n_threads partial dQ
+rows of T × D) and 2·KB·G·(width + L) numbers per thread — never O(T²).
 """
 
 from __future__ import annotations
@@ -406,6 +408,76 @@ def _block_accumulate(O, b, h, W, X, g0, g1, T, ip, indices, seg_start, seg_len)
                          seg_len[g])
 
 
+@numba.njit(**_INNER)
+def _tile_scatter(Y, b, h, Wt, K, j0, ip, indices, start, n_shared, c):
+    """Numbers c … c+L-1 of the dQ rows that a key group's shared run reaches:
+    Y[i_u, c:c+L] += Σ_r Wt[r, o_r + u] · K[b, j0+r, h, c:c+L] for each query i_u of the run,
+    the 4 keys' vectors held in registers (the transposed form of _tile_accumulate)."""
+    k0, k1, k2, k3 = vload(K[b, j0, h], c), vload(K[b, j0 + 1, h], c), vload(K[b, j0 + 2, h], c), vload(K[b, j0 + 3, h], c)
+    w0 = Wt[0, start[0] - ip[j0] :]  # the run's weights in each key's row
+    w1 = Wt[1, start[1] - ip[j0 + 1] :]
+    w2 = Wt[2, start[2] - ip[j0 + 2] :]
+    w3 = Wt[3, start[3] - ip[j0 + 3] :]
+    s = start[0]
+    i0 = indices[s]
+    if _consecutive(indices, s, n_shared):
+        for u in range(n_shared):
+            y = Y[i0 + u]  # (D,) the dQ row of the run's query u
+            acc = vload(y, c)
+            acc = vfma(vsplat(w0[u]), k0, acc)
+            acc = vfma(vsplat(w1[u]), k1, acc)
+            acc = vfma(vsplat(w2[u]), k2, acc)
+            acc = vfma(vsplat(w3[u]), k3, acc)
+            vstore(y, c, acc)
+    else:
+        for u in range(n_shared):
+            y = Y[indices[s + u]]
+            acc = vload(y, c)
+            acc = vfma(vsplat(w0[u]), k0, acc)
+            acc = vfma(vsplat(w1[u]), k1, acc)
+            acc = vfma(vsplat(w2[u]), k2, acc)
+            acc = vfma(vsplat(w3[u]), k3, acc)
+            vstore(y, c, acc)
+
+
+@numba.njit(**_INNER)
+def _block_scatter(Y, b, h, Wt, K, g0, g1, Tk, ip, indices, seg_start, seg_len):
+    """Y[i] += Σ_j Wt[G·(g−g0) + r, t] · K[b, j, h] over the entries (j = G·g + r, query
+    i = indices[ip[j] + t]) of key groups g0 … g1-1: the dQ terms of these keys, added into
+    one thread's partial dQ rows Y (Tq, D). Wt (KB·G, width + L) holds scale · ds per
+    entry of each key's column.
+
+    Fast path, each group's shared run: its 4 keys' vectors in registers, L numbers of each
+    dQ row of the run at a time (when L divides D), groups in lockstep as in
+    _block_accumulate; general path: entry by entry."""
+    D = K.shape[3]
+    L = vlanes(K)
+    if D % L == 0:
+        for c in range(0, D, L):
+            for g in range(g0, g1):
+                if seg_len[g] > 0:
+                    _tile_scatter(Y, b, h, Wt[G * (g - g0) :], K, G * g, ip, indices, seg_start[g], seg_len[g], c)
+    for g in range(g0, g1):
+        W = Wt[G * (g - g0) :]
+        n_shared = seg_len[g]
+        for r in range(min(G, Tk - G * g)):
+            j = G * g + r
+            kj = K[b, j, h]  # (D,)
+            e0, e1 = ip[j], ip[j + 1]
+            c0 = seg_start[g, r]
+            c1 = c0 + n_shared
+            if D % L != 0:
+                c1 = c0  # no tile ran: the shared run goes this way too
+            wr = W[r]
+            for part in range(2):  # the entries before the shared run (or tile), then after it
+                p0, p1 = (e0, c0) if part == 0 else (c1, e1)
+                for e in range(p0, p1):
+                    y = Y[indices[e]]  # (D,)
+                    w = wr[e - e0]
+                    for d in range(D):
+                        y[d] += w * kj[d]
+
+
 TB = 64  # rows per task of the slab copies (_copy_slab_rows)
 
 
@@ -519,73 +591,10 @@ def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, ou
 
 
 @numba.njit(**_INNER)
-def _dq_block(q, ks, vs, ks_t, vs_t, sl, out, dout, lse, indptr, indices, seg_start, seg_len, scale, dq, delta,
-              S, dS, b, h, g0, g1):
-    """dQ (and delta) of query groups g0 … g1-1 of head (b, h); S, dS (KB·G, width + L)
-    scratch."""
-    Tq, D = q.shape[1], q.shape[3]
-    Dv = vs.shape[2]
-    PB, PH = indptr.shape[0], indptr.shape[1]
-    zero = q.dtype.type(0)
-    pb = b if PB > 1 else 0
-    ph = h if PH > 1 else 0
-    ip = indptr[pb, ph]  # (Tq+1,)
-    starts, lens = seg_start[pb, ph], seg_len[pb, ph]
-    _block_dots(S, q, b, h, ks[sl], ks_t[sl], g0, g1, Tq, ip, indices, starts, lens)  # q_i · k_j
-    _block_dots(dS, dout, b, h, vs[sl], vs_t[sl], g0, g1, Tq, ip, indices, starts, lens)  # dp_ij = dO_i · v_j
-    for i in range(G * g0, min(Tq, G * g1)):
-        doi = dout[b, i, h]  # (Dv,)
-        oi = out[b, i, h]
-        dl = zero
-        for d in range(Dv):
-            dl += doi[d] * oi[d]
-        delta[b, h, i] = dl
-        dqi = dq[b, i, h]  # (D,)
-        for d in range(D):
-            dqi[d] = zero
-        L = lse[b, h, i]
-        sr = S[i - G * g0]
-        dsr = dS[i - G * g0]
-        for t in range(ip[i + 1] - ip[i]):
-            p = exp_softmax(sr[t] * scale - L)
-            dsr[t] = scale * p * (dsr[t] - dl)  # scale · ds_ij, so dq needs no rescaling
-    _block_accumulate(dq, b, h, dS, ks[sl], g0, g1, Tq, ip, indices, starts, lens)
-
-
-@numba.njit(**_FLAGS)
-def sparse_attention_bwd_dq(q, k, v, out, dout, lse, indptr, indices, seg_start, seg_len, scale,
-                            dq, delta, work, ks, vs, ks_t, vs_t):
-    """dQ, parallel over (head of a slab, group of G query rows); also writes
-    delta_i = dO_i · O_i for the dK/dV pass.
-
-    With p_ij = exp(q_i · k_j · scale − lse_i) recomputed per stored entry:
-    dp_ij = dO_i · v_j, ds_ij = p_ij (dp_ij − delta_i), dq_i = scale · Σ_j ds_ij k_j
-    (delta_i = Σ_j p_ij dp_ij = dO_i · O_i: docs/sparse-attention.md, Backward).
-    Slabs of SH = ks.shape[0] heads, their keys and values copied into ks, vs, and
-    transposed into ks_t, vs_t (SH, D|Dv, Tk+L), as in the forward.
-    """
-    B, H, Tk = q.shape[0], q.shape[2], k.shape[1]
-    NG = seg_len.shape[2]
-    SH = ks.shape[0]
-    NTB = (Tk + TB - 1) // TB
-    for s0 in range(0, B * H, SH):
-        nh = min(SH, B * H - s0)
-        for tt in numba.prange(nh * NTB):
-            _copy_slab_rows(k, v, s0, tt, NTB, H, ks, vs, ks_t, vs_t)
-        NB = (NG + KB - 1) // KB
-        for task in numba.prange(nh * NB):
-            sl = task // NB
-            g0 = (task % NB) * KB
-            S = work[numba.get_thread_id(), 0]  # (KB·G, width + L) scores, then p
-            dS = work[numba.get_thread_id(), 1]  # (KB·G, width + L) dp, then scale · ds
-            _dq_block(q, ks, vs, ks_t, vs_t, sl, out, dout, lse, indptr, indices, seg_start, seg_len, scale, dq, delta,
-                      S, dS, (s0 + sl) // H, (s0 + sl) % H, g0, min(NG, g0 + KB))
-
-
-@numba.njit(**_INNER)
 def _dkv_block(k, v, qs, dos, qs_t, dos_t, sl, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len, scale,
-               dk, dv, P, dS, b, h, g0, g1):
-    """dK and dV of key groups g0 … g1-1 of head (b, h); P, dS (KB·G, width + L) scratch."""
+               dk, dv, Y, P, dS, b, h, g0, g1):
+    """dK and dV of key groups g0 … g1-1 of head (b, h), and their terms of dQ added into
+    Y (Tq, D), this thread's partial dQ of the head; P, dS (KB·G, width + L) scratch."""
     Tk, D = k.shape[1], k.shape[3]
     Dv = v.shape[3]
     PB, PH = t_indptr.shape[0], t_indptr.shape[1]
@@ -623,43 +632,93 @@ def _dkv_block(k, v, qs, dos, qs_t, dos_t, sl, lse, delta, t_indptr, t_indices, 
                 p = exp_softmax(pr[t] * scale - lse_h[i])
                 pr[t] = p
                 dsr[t] = scale * p * (dsr[t] - delta_h[i])
-    _block_accumulate(dv, b, h, P, dos[sl], g0, g1, Tk, ip, t_indices, starts, lens)
-    _block_accumulate(dk, b, h, dS, qs[sl], g0, g1, Tk, ip, t_indices, starts, lens)
+    _block_accumulate(dv, b, h, P, dos[sl], g0, g1, Tk, ip, t_indices, starts, lens)  # dv_j = Σ_i p_ij dO_i
+    _block_accumulate(dk, b, h, dS, qs[sl], g0, g1, Tk, ip, t_indices, starts, lens)  # dk_j = scale Σ_i ds_ij q_i
+    _block_scatter(Y, b, h, dS, k, g0, g1, Tk, ip, t_indices, starts, lens)  # dq_i += scale · ds_ij k_j
+
+
+@numba.njit(**_INNER)
+def _partials_rows(P, sl, tt, NTB, dq, H, s0, add):
+    """Task tt over the partial dQ rows of the slab's heads (a block of TB rows of head
+    s0 + tt // NTB): zero them in every thread's partials P (NT, SH, Tq, D), or (add) write
+    their sum over the threads into dq (B, Tq, H, D)."""
+    bh = s0 + tt // NTB
+    b, h = bh // H, bh % H
+    t0 = (tt % NTB) * TB
+    t1 = min(P.shape[2], t0 + TB)
+    for t in range(t0, t1):
+        if add:
+            y = dq[b, t, h]  # (D,)
+            for d in range(y.size):
+                acc = P[0, sl, t, d]
+                for p in range(1, P.shape[0]):
+                    acc += P[p, sl, t, d]
+                y[d] = acc
+        else:
+            for p in range(P.shape[0]):
+                row = P[p, sl, t]
+                for d in range(row.size):
+                    row[d] = 0
 
 
 @numba.njit(**_FLAGS)
-def sparse_attention_bwd_dkv(q, k, v, dout, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len,
-                             scale, dk, dv, work, qs, dos, qs_t, dos_t):
-    """dK and dV, parallel over (head of a slab, group of G keys) through the transposed
-    pattern.
+def sparse_attention_bwd(q, k, v, out, dout, lse, t_indptr, t_indices, t_seg_start, t_seg_len, scale,
+                         dq, dk, dv, delta, work, qs, dos, qs_t, dos_t, dqp):
+    """dQ, dK and dV in one pass, parallel over (head of a slab, block of KB groups of G
+    keys) through the transposed pattern.
 
-    For each key j and each query i that may attend to it:
-    dv_j += p_ij dO_i,   dk_j += scale · p_ij (dO_i · v_j − delta_i) q_i.
-    A key no query attends to gets zero gradients. Slabs of SH = qs.shape[0] heads, their
-    queries and output gradients copied into qs, dos (SH, Tq, D|Dv) and transposed into
-    qs_t, dos_t (SH, D|Dv, Tq+L).
+    With p_ij = exp(q_i · k_j · scale − lse_i) recomputed per stored entry (i a query that
+    may attend to key j), dp_ij = dO_i · v_j, delta_i = dO_i · O_i and
+    ds_ij = p_ij (dp_ij − delta_i) (docs/sparse-attention.md, Backward):
+
+        dv_j = Σ_i p_ij dO_i,   dk_j = scale · Σ_i ds_ij q_i,   dq_i = scale · Σ_j ds_ij k_j.
+
+    dv_j and dk_j are sums over key j's column: one task writes them. dq_i gathers terms
+    from the columns of many keys, which other threads may hold, so each thread adds its
+    terms into its own partial rows dqp[thread] (NT, SH, Tq, D), and dq is their sum over
+    the threads, taken after the slab's tasks (no atomics; with Numba's static schedule the
+    order of every sum depends only on the shapes and the thread count).
+
+    First delta_i for every (b, h, i). Then per slab of SH = qs.shape[0] heads: the queries
+    and output gradients copied into qs, dos (SH, Tq, D|Dv) and transposed into qs_t, dos_t
+    (SH, D|Dv, Tq+L), the slab's partials zeroed; the tasks; dq = Σ partials.
+    A key no query attends to gets zero gradients, a query with no key zero dq.
     """
     B, Tq, H = q.shape[0], q.shape[1], q.shape[2]
     NG = t_seg_len.shape[2]  # groups of G keys
     SH = qs.shape[0]
     NTB = (Tq + TB - 1) // TB
+    zero = q.dtype.type(0)
+    for bi in numba.prange(B * Tq):  # delta_i = dO_i · O_i
+        b, i = bi // Tq, bi % Tq
+        for h in range(H):
+            doi = dout[b, i, h]  # (Dv,)
+            oi = out[b, i, h]
+            dl = zero
+            for d in range(doi.size):
+                dl += doi[d] * oi[d]
+            delta[b, h, i] = dl
     for s0 in range(0, B * H, SH):
         nh = min(SH, B * H - s0)
         for tt in numba.prange(nh * NTB):
             _copy_slab_rows(q, dout, s0, tt, NTB, H, qs, dos, qs_t, dos_t)
+            _partials_rows(dqp, tt // NTB, tt, NTB, dq, H, s0, False)
         NB = (NG + KB - 1) // KB
         for task in numba.prange(nh * NB):
             sl = task // NB
             g0 = (task % NB) * KB
-            P = work[numba.get_thread_id(), 0]  # (KB·G, width + L) scores, then p
-            dS = work[numba.get_thread_id(), 1]  # (KB·G, width + L) dp, then scale · ds
+            tid = numba.get_thread_id()
+            P = work[tid, 0]  # (KB·G, width + L) scores, then p
+            dS = work[tid, 1]  # (KB·G, width + L) dp, then scale · ds
             _dkv_block(k, v, qs, dos, qs_t, dos_t, sl, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len, scale,
-                       dk, dv, P, dS, (s0 + sl) // H, (s0 + sl) % H, g0, min(NG, g0 + KB))
+                       dk, dv, dqp[tid, sl], P, dS, (s0 + sl) // H, (s0 + sl) % H, g0, min(NG, g0 + KB))
+        for tt in numba.prange(nh * NTB):
+            _partials_rows(dqp, tt // NTB, tt, NTB, dq, H, s0, True)
 
 
 def new_work(width, dtype):
     """The kernels' per-thread scratch: (n_threads, 2, G, width + L) — two score rows per
-    row of a group, width ≥ the longest row (or column, for the dK/dV kernel) of the
+    row of a group, width ≥ the longest row (or column, for the backward) of the
     pattern, plus L = 64 bytes of numbers for the lanes a register tile writes past a row."""
     lanes = LINE_BYTES // np.dtype(dtype).itemsize
     return np.empty((numba.config.NUMBA_NUM_THREADS, 2, KB * G, max(int(width), 1) + lanes), dtype=dtype)
@@ -668,22 +727,28 @@ def new_work(width, dtype):
 SLAB_BYTES = 16 << 20  # the most one slab of head copies may take
 
 
-def new_slabs(n_heads, length, widths, dtype, transposed):
+def new_slabs(n_heads, length, widths, dtype, transposed, partials=0):
     """Scratch for one slab of heads: for each w in ``widths`` an (SH, length, w) array of
     rows, then for each an (SH, w, length + L) array of the same rows transposed (L = 64
     bytes of numbers of zero padding, which a register tile may read past the last row), or
-    (SH, 0, length + L) where ``transposed`` says False. SH is the most heads whose copies
-    all fit in SLAB_BYTES (at least 1, at most n_heads). The kernels work one slab at a time,
-    so this — not a copy of every head — is what the copies add to memory: O(T·D), never
-    O(T²), never growing with B·H (at T = 16384, D = Dv = 64, float32, rows and transposed
-    of two arrays: one head of 16 MB, 1.6% of one T × T float32 matrix)."""
+    (SH, 0, length + L) where ``transposed`` says False; with ``partials`` = D > 0, last, the
+    per-thread partial dQ rows (n_threads, SH, length, D) of the backward.
+    SH is the most heads whose scratch all fits in SLAB_BYTES (at least 1, at most n_heads).
+    The kernels work one slab at a time, so this — not a copy of every head — is what the
+    copies add to memory: O(T·D), never O(T²), never growing with B·H (at T = 16384,
+    D = Dv = 64, float32, 2 threads, the backward's rows, transposed rows and partials: one
+    head of 24 MB, 2.3% of one T × T float32 matrix)."""
     itemsize = np.dtype(dtype).itemsize
     lanes = LINE_BYTES // itemsize
+    n_threads = numba.config.NUMBA_NUM_THREADS
     widths_t = [int(w) if t else 0 for w, t in zip(widths, transposed)]
-    per_head = sum(int(w) * int(length) for w in widths) + sum(w * (int(length) + lanes) for w in widths_t)
+    per_head = (sum(int(w) * int(length) for w in widths) + sum(w * (int(length) + lanes) for w in widths_t)
+                + n_threads * int(length) * int(partials))
     sh = int(max(1, min(n_heads, SLAB_BYTES // max(per_head * itemsize, 1))))
     rows = tuple(np.empty((sh, int(length), int(w)), dtype=dtype) for w in widths)
     cols = tuple(np.empty((sh, w, int(length) + lanes), dtype=dtype) for w in widths_t)
     for c in cols:
         c[:, :, int(length):] = 0  # the padding a tile reads past the last row
+    if partials:
+        return rows + cols + (np.empty((n_threads, sh, int(length), int(partials)), dtype=dtype),)
     return rows + cols
