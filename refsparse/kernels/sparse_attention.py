@@ -510,10 +510,11 @@ def _copy_slab_rows(x, y, s0, tt, NTB, H, xs, ys, xts, yts):
 
 
 @numba.njit(**_INNER)
-def _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, out, lse, S, b, h, g0, g1):
+def _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, out, lse, S, R, b, h, g0, g1):
     """The forward of query groups g0 … g1-1 of head (b, h): scores into S (KB·G,
-    width + L), softmax of each row in place, then the out rows. ks, vs, ks_t: the slab
-    copies, head (b, h) at [sl]."""
+    width + L), their exponentials e_ij = exp(s_ij − max) in place, then the out rows,
+    divided by their row sums (kept in R[·, 0]). ks, vs, ks_t: the slab copies, head (b, h)
+    at [sl]."""
     Tq = q.shape[1]
     Dv = vs.shape[2]
     PB, PH = indptr.shape[0], indptr.shape[1]
@@ -525,7 +526,7 @@ def _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, 
     ip = indptr[pb, ph]  # (Tq+1,)
     # 1. scores (unscaled dot products)
     _block_dots(S, q, b, h, ks[sl], ks_t[sl], g0, g1, Tq, ip, indices, seg_start[pb, ph], seg_len[pb, ph])
-    # 2. softmax of each row, in place
+    # 2. softmax of each row, in place, all but the division by the row sum
     for i in range(G * g0, min(Tq, G * g1)):
         n = ip[i + 1] - ip[i]
         o = out[b, i, h]  # (Dv,)
@@ -535,21 +536,24 @@ def _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, 
             lse[b, h, i] = neg_inf
             continue
         sr = S[i - G * g0]
-        m = neg_inf
+        m = neg_inf  # the row's largest unscaled score: scale > 0, so scale·m is the scaled max
         for t in range(n):
-            sr[t] *= scale
             m = max(m, sr[t])
         l = zero
         for t in range(n):
-            p = exp_softmax(sr[t] - m)
-            sr[t] = p
-            l += p
-        inv = one / l
-        for t in range(n):
-            sr[t] *= inv
-        lse[b, h, i] = m + np.log(l)
-    # 3. out_i = Σ_j p_ij v_j
+            e = exp_softmax((sr[t] - m) * scale)  # e_ij = exp(s_ij − max), p_ij = e_ij / l
+            sr[t] = e
+            l += e
+        R[i - G * g0, 0] = one / l
+        lse[b, h, i] = m * scale + np.log(l)
+    # 3. out_i = (Σ_j e_ij v_j) / l: the division once per output number, not per entry
     _block_accumulate(out, b, h, S, vs[sl], g0, g1, Tq, ip, indices, seg_start[pb, ph], seg_len[pb, ph])
+    for i in range(G * g0, min(Tq, G * g1)):
+        if ip[i + 1] > ip[i]:
+            inv = R[i - G * g0, 0]
+            o = out[b, i, h]  # (Dv,)
+            for d in range(Dv):
+                o[d] *= inv
 
 
 @numba.njit(**_FLAGS)
@@ -568,9 +572,10 @@ def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, ou
     64, float32) that stride maps a window's keys onto a few cache sets, which evicts them
     before the next group reuses them — and the keys also transposed into ks_t (SH, D, Tk+L)
     for the register tile of the scores (vs_t is (SH, 0, ·): the forward needs no transposed
-    values). Then parallel over (head of the slab, group of G query rows); per group: 1. the
-    scores of its rows into a scratch row each (work[thread, 0], (G, width + L)), 2. softmax
-    of each row in place, 3. out rows = Σ p_j v_j.
+    values). Then parallel over (head of the slab, block of KB groups of G query rows); per
+    block: 1. the scores of its rows into a scratch row each (work[thread, 0], (KB·G,
+    width + L)), 2. e_j = exp(s_j − m) of each row in place and l = Σ_j e_j, 3. out rows =
+    (Σ_j e_j v_j) / l.
     ``scale`` must be a scalar of q's dtype. Complexity O(nnz · (D + Dv)) per (b, h).
     """
     B, H, Tk = q.shape[0], q.shape[2], k.shape[1]
@@ -585,8 +590,9 @@ def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, ou
         for task in numba.prange(nh * NB):
             sl = task // NB
             g0 = (task % NB) * KB
-            S = work[numba.get_thread_id(), 0]  # (KB·G, width + L) scores, then probabilities
-            _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, out, lse, S,
+            S = work[numba.get_thread_id(), 0]  # (KB·G, width + L) scores, then exponentials
+            R = work[numba.get_thread_id(), 1]  # R[r, 0] = 1 / row sum
+            _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, out, lse, S, R,
                        (s0 + sl) // H, (s0 + sl) % H, g0, min(NG, g0 + KB))
 
 
