@@ -181,8 +181,8 @@ def test_fast_path_and_general_path_equal_dense_twin(t_q, t_k, dtype, tol, D, Dv
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
-@pytest.mark.parametrize("Dv", [7, 16])
-def test_long_runs_take_several_register_tiles(dtype, tol, Dv):
+@pytest.mark.parametrize("D,Dv", [(7, 16), (16, 7)])  # 16: the sums' tile (Dv) and the dQ terms' tile (D)
+def test_long_runs_take_several_register_tiles(dtype, tol, D, Dv):
     """Windows wider than a vector: runs of up to 37 keys take several tiles of L keys
     (16 float32, 8 float64) and a partial last one, the groups of a block have runs of
     different lengths (the first rows of a causal window are short), and the last block
@@ -190,7 +190,7 @@ def test_long_runs_take_several_register_tiles(dtype, tol, Dv):
     from refsparse import patterns as P
 
     rng = np.random.default_rng(5)
-    B, H, T, D = 1, 2, 70, 7
+    B, H, T = 1, 2, 70
     q = rng.standard_normal((B, H, T, D)).astype(dtype)
     k = rng.standard_normal((B, H, T, D)).astype(dtype)
     v = rng.standard_normal((B, H, T, Dv)).astype(dtype)
