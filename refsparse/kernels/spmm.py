@@ -48,9 +48,11 @@ random. The backward kernels therefore walk W one block of columns at a time (ro
 segments from :func:`column_blocks`), so that the block's rows of xt/dxt stay in cache
 while gt streams by; with C_in small enough there is a single block.
 
-**What the inner loops cost, measured on these machines (AVX2).** Numba gives no way to
-keep a vector accumulator in registers across the entries of a row (LLVM's SLP
-vectorizer does not combine scalar accumulators carried around a loop), so the forward
+**What the inner loops cost, measured on these machines (AVX2).** Plain Numba code gives
+no way to keep a vector accumulator in registers across the entries of a row (LLVM's SLP
+vectorizer does not combine scalar accumulators carried around a loop; the vectors of
+:mod:`refsparse.kernels.simd` now can, and the attention kernels use them — these loops do
+not yet), so the forward
 accumulator row lives in L1 and is loaded and stored once per *four* entries; the dW dots
 share one pass over gt[o] between four entries. Rows are taken as slices indexed from
 ``range`` and column ids as unsigned integers, which removes Numba's negative-index
