@@ -189,7 +189,7 @@ def sparse_attention_forward(q, k, v, pattern):
     qt, kt, vt = _to_kernel_layout(q), _to_kernel_layout(k), _to_kernel_layout(v)  # (B, T, H, D)
     out = np.empty((B, Tq, H, v.shape[3]), dtype=dtype)  # (B, Tq, H, Dv)
     lse = np.empty((B, H, Tq), dtype=dtype)
-    work = new_work(pp.width, dtype)  # (n_threads, 2, 4, width + L) scratch rows of scores
+    work = new_work(pp.width, dtype)  # (n_threads, 2, KB·G, width + L) scratch rows of scores
     # one slab of heads' keys and values, and the keys transposed
     ks, vs, ks_t, vs_t = new_slabs(B * H, Tk, (D, v.shape[3]), dtype, transposed=(True, False))
     sparse_attention_fwd(qt, kt, vt, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale, out, lse, work,
