@@ -206,6 +206,34 @@ def test_long_runs_take_several_register_tiles(dtype, tol, D, Dv):
         assert_close(g, mine, theirs, tol)
 
 
+def test_same_numbers_on_one_thread_and_on_all():
+    """The backward cuts each slab's tasks into a fixed number of chunks (one partial dQ
+    each), so every sum has the same order whichever thread runs a chunk and however many
+    threads there are: the bits do not depend on the thread count. Three heads and blocks
+    of 16 keys, so that a head's tasks are split between two chunks."""
+    import numba
+
+    from refsparse import patterns as P
+
+    rng = np.random.default_rng(8)
+    B, H, T, D = 1, 3, 37, 16
+    q, k, v, dout = (rng.standard_normal((B, H, T, D)) for _ in range(4))
+    pattern = [P.local(T, 9), random_pattern(rng, T, T, 0.3), P.strided(T, 6)]
+
+    def run():
+        out, cache = sparse_attention_forward(q, k, v, pattern)
+        return (out,) + sparse_attention_backward(dout, cache)
+
+    n = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+    finally:
+        numba.set_num_threads(n)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), one, run()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def test_shared_segments_of_a_causal_window():
     from refsparse import patterns as P
     from refsparse.kernels.sparse_attention import shared_segments

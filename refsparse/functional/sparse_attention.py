@@ -203,8 +203,8 @@ def sparse_attention_backward(dout, cache):
 
     One kernel, row-parallel over keys through the transposed pattern: per key j it
     recomputes p_ij and ds_ij for the queries i that attend to j, writes dk_j and dv_j, and
-    adds ds_ij k_j into its thread's partial dq_i; dq is the sum of the partials (and
-    delta_i = dO_i · O_i is computed first). A query row with no entry has zero dq and
+    adds ds_ij k_j into the partial dq_i of its chunk of tasks (one chunk per thread); dq is
+    the sum of the partials (and delta_i = dO_i · O_i is computed with the copies of dO). A query row with no entry has zero dq and
     contributes nothing to dk and dv.
 
     Derivation: docs/sparse-attention.md (and docs/backprop.md, section Attention).
@@ -220,7 +220,7 @@ def sparse_attention_backward(dout, cache):
     work = new_work(pp.width, q.dtype)  # (n_threads, 2, KB·G, width + L) scratch rows
     Dv = v.shape[3]
     # one slab of heads' queries and output gradients, as rows and transposed, and the
-    # threads' partial dQ rows
+    # chunks' partial dQ rows
     qs, dos, qs_t, dos_t, dqp = new_slabs(B * H, Tq, (D, Dv), q.dtype, transposed=(True, True), partials=D)
     sparse_attention_bwd(q, k, v, out, dO, lse, pp.t_indptr, pp.t_indices, pp.t_seg_start, pp.t_seg_len, scale,
                          dq, dk, dv, delta, work, qs, dos, qs_t, dos_t, dqp)

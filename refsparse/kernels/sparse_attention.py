@@ -19,7 +19,8 @@ Pattern arrays (CSR of the boolean (Tq, Tk) pattern, one per (batch, head) group
 
 The transposed pattern (t_indptr (PB, PH, Tk+1), t_indices = query ids) drives the
 backward kernel, which is then parallel over keys: no two threads write one row of dK
-or dV, and each thread adds its dQ terms into partial rows of its own.
+or dV, and each *chunk* of tasks (one per thread) adds its dQ terms into partial rows of
+its own.
 
 Slabs of heads
 --------------
@@ -89,9 +90,9 @@ dense boolean mask ``pattern.toarray()`` — the tests hold these kernels to it.
 Cost: forward 2·nnz·D multiply-adds and one exp per entry; backward 5·nnz·D multiply-adds
 and one exp per entry (scores recomputed from ``lse``, as FlashAttention does), plus a copy
 of two (B, T, H, D) arrays per kernel, as rows and transposed, and in the backward the sum
-of the threads' partial dQ. Memory besides inputs and outputs: O(B·H·T) (lse, delta), the
-pattern, one slab (at most SLAB_BYTES, or one head: its copies and n_threads partial dQ
-rows of T × D) and 2·KB·G·(width + L) numbers per thread — never O(T²).
+of the chunks' partial dQ. Memory besides inputs and outputs: O(B·H·T) (lse, delta), the
+pattern, one slab (at most SLAB_BYTES, or one head: its copies and NC = n_threads partial
+dQ rows of T × D) and 2·KB·G·(width + L) numbers per thread — never O(T²).
 """
 
 from __future__ import annotations
@@ -254,9 +255,12 @@ def _pair_dots(S, A, b, h, X, i0, ip, indices, start, n_shared):
 
 
 @numba.njit(**_INNER)
-def _rest_dots(S, A, b, h, X, i0, n_rows, ip, indices, start, n_shared):
+def _rest_dots(S, A, b, h, X, i0, n_rows, ip, indices, start, n_shared, slack):
     """The general path: every entry of rows i0 … i0+n_rows-1 outside the shared run,
-    one dot product each."""
+    one dot product each — except, after the run, the first ``slack`` entries whose keys
+    continue it (j_last + 1, j_last + 2, …): the run's last register tile computed those
+    lanes already, into exactly these positions (a window's row goes on past the keys its
+    group shares; measured: the general path was a fifth of the scores' time)."""
     D = A.shape[3]
     zero = A.dtype.type(0)
     for r in range(n_rows):
@@ -264,6 +268,9 @@ def _rest_dots(S, A, b, h, X, i0, n_rows, ip, indices, start, n_shared):
         e0, e1 = ip[i], ip[i + 1]
         c0 = start[r]
         c1 = c0 + n_shared
+        done = min(e1, c1 + slack)  # entries the last tile may have computed
+        while c1 < done and indices[c1] == indices[c1 - 1] + 1:
+            c1 += 1
         a = A[b, i, h]  # (D,)
         sr = S[r]
         for part in range(2):  # the entries before the shared run, then after it
@@ -288,7 +295,7 @@ def _block_dots(S, A, b, h, X, XT, g0, g1, T, ip, indices, seg_start, seg_len):
     groups' tiles go in lockstep — tile k of every group, then tile k+1 — because the
     runs of neighbouring groups are nearly the same keys: tile k of the next group reads
     XT lines that tile k of this one just brought into L1. General path: the rest of
-    each row.
+    each row, but for the entries that continue the run inside its last tile's lanes.
     """
     L = vlanes(XT)
     n_tiles = 0
@@ -301,9 +308,12 @@ def _block_dots(S, A, b, h, X, XT, g0, g1, T, ip, indices, seg_start, seg_len):
                 _tile_dots(S[G * (g - g0) :], A, b, h, XT, G * g, ip, indices, seg_start[g], k * L)
     for g in range(g0, g1):
         Sg = S[G * (g - g0) :]  # (…, width + L) the group's rows first
-        if seg_len[g] > 0 and not _consecutive(indices, seg_start[g, 0], seg_len[g]):
+        slack = 0  # lanes the run's last tile computed past its end
+        if _consecutive(indices, seg_start[g, 0], seg_len[g]):
+            slack = (seg_len[g] + L - 1) // L * L - seg_len[g]
+        elif seg_len[g] > 0:
             _pair_dots(Sg, A, b, h, X, G * g, ip, indices, seg_start[g], seg_len[g])
-        _rest_dots(Sg, A, b, h, X, G * g, min(G, T - G * g), ip, indices, seg_start[g], seg_len[g])
+        _rest_dots(Sg, A, b, h, X, G * g, min(G, T - G * g), ip, indices, seg_start[g], seg_len[g], slack)
 
 
 @numba.njit(**_INNER)
@@ -444,7 +454,7 @@ def _tile_scatter(Y, b, h, Wt, K, j0, ip, indices, start, n_shared, c):
 def _block_scatter(Y, b, h, Wt, K, g0, g1, Tk, ip, indices, seg_start, seg_len):
     """Y[i] += Σ_j Wt[G·(g−g0) + r, t] · K[b, j, h] over the entries (j = G·g + r, query
     i = indices[ip[j] + t]) of key groups g0 … g1-1: the dQ terms of these keys, added into
-    one thread's partial dQ rows Y (Tq, D). Wt (KB·G, width + L) holds scale · ds per
+    one chunk's partial dQ rows Y (Tq, D). Wt (KB·G, width + L) holds scale · ds per
     entry of each key's column.
 
     Fast path, each group's shared run: its 4 keys' vectors in registers, L numbers of each
@@ -600,7 +610,7 @@ def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, ou
 def _dkv_block(k, v, qs, dos, qs_t, dos_t, sl, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len, scale,
                dk, dv, Y, P, dS, b, h, g0, g1):
     """dK and dV of key groups g0 … g1-1 of head (b, h), and their terms of dQ added into
-    Y (Tq, D), this thread's partial dQ of the head; P, dS (KB·G, width + L) scratch."""
+    Y (Tq, D), this chunk's partial dQ of the head; P, dS (KB·G, width + L) scratch."""
     Tk, D = k.shape[1], k.shape[3]
     Dv = v.shape[3]
     PB, PH = t_indptr.shape[0], t_indptr.shape[1]
@@ -644,27 +654,81 @@ def _dkv_block(k, v, qs, dos, qs_t, dos_t, sl, lse, delta, t_indptr, t_indices, 
 
 
 @numba.njit(**_INNER)
-def _partials_rows(P, sl, tt, NTB, dq, H, s0, add):
-    """Task tt over the partial dQ rows of the slab's heads (a block of TB rows of head
-    s0 + tt // NTB): zero them in every thread's partials P (NT, SH, Tq, D), or (add) write
-    their sum over the threads into dq (B, Tq, H, D)."""
+def _delta_rows(out, dout, delta, s0, tt, NTB, H):
+    """Task tt of the backward's copies (a block of TB rows of head s0 + tt // NTB):
+    delta[b, h, i] = dO_i · O_i for those rows — the dO rows were just read by the copy."""
     bh = s0 + tt // NTB
     b, h = bh // H, bh % H
     t0 = (tt % NTB) * TB
-    t1 = min(P.shape[2], t0 + TB)
-    for t in range(t0, t1):
-        if add:
-            y = dq[b, t, h]  # (D,)
-            for d in range(y.size):
-                acc = P[0, sl, t, d]
-                for p in range(1, P.shape[0]):
-                    acc += P[p, sl, t, d]
-                y[d] = acc
-        else:
-            for p in range(P.shape[0]):
-                row = P[p, sl, t]
-                for d in range(row.size):
+    t1 = min(out.shape[1], t0 + TB)
+    for i in range(t0, t1):
+        doi = dout[b, i, h]  # (Dv,)
+        oi = out[b, i, h]
+        dl = out.dtype.type(0)
+        for d in range(doi.size):
+            dl += doi[d] * oi[d]
+        delta[b, h, i] = dl
+
+
+@numba.njit(**_INNER)
+def _start_partials(Pc, rc, t0, t1, NB, s0, H, t_indptr, t_indices):
+    """Before chunk c runs tasks t0 … t1-1 of a slab: for each head sl of the slab, the
+    query rows [lo, hi) its key groups reach (rc[sl] = (lo, hi); (0, 0) for a head it has no
+    task in), and those rows of its partial dQ Pc (SH, Tq, D) zeroed — only those: the rest
+    of Pc is never read. O(keys + rows zeroed)."""
+    SH, Tq, D = Pc.shape
+    Tk = t_indptr.shape[2] - 1
+    PB, PH = t_indptr.shape[0], t_indptr.shape[1]
+    for sl in range(SH):
+        rc[sl, 0] = 0
+        rc[sl, 1] = 0
+    if t1 <= t0:
+        return
+    for sl in range(t0 // NB, (t1 - 1) // NB + 1):
+        bh = s0 + sl
+        b, h = bh // H, bh % H
+        ip = t_indptr[b if PB > 1 else 0, h if PH > 1 else 0]  # (Tk+1,)
+        j0 = (max(t0, sl * NB) - sl * NB) * KB * G  # the chunk's first and last key of this head
+        j1 = min(Tk, (min(t1, (sl + 1) * NB) - sl * NB) * KB * G)
+        lo, hi = Tq, 0
+        for j in range(j0, j1):
+            if ip[j + 1] > ip[j]:  # its queries, sorted: the first and the last
+                lo = min(lo, t_indices[ip[j]])
+                hi = max(hi, t_indices[ip[j + 1] - 1] + 1)
+        if hi > lo:
+            rc[sl, 0] = lo
+            rc[sl, 1] = hi
+            for i in range(lo, hi):
+                row = Pc[sl, i]  # (D,)
+                for d in range(D):
                     row[d] = 0
+
+
+@numba.njit(**_INNER)
+def _sum_partials(P, ranges, sl, tt, NTB, dq, H, s0):
+    """Task tt after a slab's chunks: dq[b, i, h] = Σ_c P[c, sl, i] over the chunks c whose
+    rows [lo, hi) hold i (in order of c), for a block of TB rows of head s0 + sl; 0 where no
+    chunk reached row i. P (NC, SH, Tq, D), ranges (NC, SH, 2)."""
+    bh = s0 + sl
+    b, h = bh // H, bh % H
+    t0 = (tt % NTB) * TB
+    t1 = min(P.shape[2], t0 + TB)
+    for i in range(t0, t1):
+        y = dq[b, i, h]  # (D,)
+        first = True
+        for c in range(P.shape[0]):
+            if ranges[c, sl, 0] <= i < ranges[c, sl, 1]:
+                row = P[c, sl, i]  # (D,)
+                if first:
+                    for d in range(y.size):
+                        y[d] = row[d]
+                    first = False
+                else:
+                    for d in range(y.size):
+                        y[d] += row[d]
+        if first:
+            for d in range(y.size):
+                y[d] = 0
 
 
 @numba.njit(**_FLAGS)
@@ -680,46 +744,44 @@ def sparse_attention_bwd(q, k, v, out, dout, lse, t_indptr, t_indices, t_seg_sta
         dv_j = Σ_i p_ij dO_i,   dk_j = scale · Σ_i ds_ij q_i,   dq_i = scale · Σ_j ds_ij k_j.
 
     dv_j and dk_j are sums over key j's column: one task writes them. dq_i gathers terms
-    from the columns of many keys, which other threads may hold, so each thread adds its
-    terms into its own partial rows dqp[thread] (NT, SH, Tq, D), and dq is their sum over
-    the threads, taken after the slab's tasks (no atomics; with Numba's static schedule the
-    order of every sum depends only on the shapes and the thread count).
+    from the columns of many keys. So a slab's tasks are cut into NC = dqp.shape[0]
+    contiguous *chunks* (one per thread, run in parallel), and each chunk adds its terms
+    into partial rows of its own, dqp[c] (NC, SH, Tq, D) — only the query rows its keys
+    reach, [lo, hi) per head, are zeroed and used — and dq is their sum over the chunks,
+    taken after the slab's chunks (no atomics). The order of every sum depends only on the
+    shapes and NC, not on which thread runs a chunk or how many threads there are.
 
-    First delta_i for every (b, h, i). Then per slab of SH = qs.shape[0] heads: the queries
-    and output gradients copied into qs, dos (SH, Tq, D|Dv) and transposed into qs_t, dos_t
-    (SH, D|Dv, Tq+L), the slab's partials zeroed; the tasks; dq = Σ partials.
+    Per slab of SH = qs.shape[0] heads: the queries and output gradients copied into qs,
+    dos (SH, Tq, D|Dv) and transposed into qs_t, dos_t (SH, D|Dv, Tq+L), and delta_i of
+    their rows; the chunks; dq = Σ partials.
     A key no query attends to gets zero gradients, a query with no key zero dq.
     """
     B, Tq, H = q.shape[0], q.shape[1], q.shape[2]
     NG = t_seg_len.shape[2]  # groups of G keys
     SH = qs.shape[0]
+    NC = dqp.shape[0]
     NTB = (Tq + TB - 1) // TB
-    zero = q.dtype.type(0)
-    for bi in numba.prange(B * Tq):  # delta_i = dO_i · O_i
-        b, i = bi // Tq, bi % Tq
-        for h in range(H):
-            doi = dout[b, i, h]  # (Dv,)
-            oi = out[b, i, h]
-            dl = zero
-            for d in range(doi.size):
-                dl += doi[d] * oi[d]
-            delta[b, h, i] = dl
+    ranges = np.zeros((NC, SH, 2), dtype=np.int64)  # per chunk and head: dQ rows [lo, hi) in use
     for s0 in range(0, B * H, SH):
         nh = min(SH, B * H - s0)
         for tt in numba.prange(nh * NTB):
             _copy_slab_rows(q, dout, s0, tt, NTB, H, qs, dos, qs_t, dos_t)
-            _partials_rows(dqp, tt // NTB, tt, NTB, dq, H, s0, False)
-        NB = (NG + KB - 1) // KB
-        for task in numba.prange(nh * NB):
-            sl = task // NB
-            g0 = (task % NB) * KB
+            _delta_rows(out, dout, delta, s0, tt, NTB, H)
+        NB = (NG + KB - 1) // KB  # blocks of KB key groups per head
+        n_tasks = nh * NB
+        for c in numba.prange(NC):
+            t0, t1 = c * n_tasks // NC, (c + 1) * n_tasks // NC
+            _start_partials(dqp[c], ranges[c], t0, t1, NB, s0, H, t_indptr, t_indices)
             tid = numba.get_thread_id()
             P = work[tid, 0]  # (KB·G, width + L) scores, then p
             dS = work[tid, 1]  # (KB·G, width + L) dp, then scale · ds
-            _dkv_block(k, v, qs, dos, qs_t, dos_t, sl, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len, scale,
-                       dk, dv, dqp[tid, sl], P, dS, (s0 + sl) // H, (s0 + sl) % H, g0, min(NG, g0 + KB))
+            for task in range(t0, t1):
+                sl = task // NB
+                g0 = (task % NB) * KB
+                _dkv_block(k, v, qs, dos, qs_t, dos_t, sl, lse, delta, t_indptr, t_indices, t_seg_start, t_seg_len,
+                           scale, dk, dv, dqp[c, sl], P, dS, (s0 + sl) // H, (s0 + sl) % H, g0, min(NG, g0 + KB))
         for tt in numba.prange(nh * NTB):
-            _partials_rows(dqp, tt // NTB, tt, NTB, dq, H, s0, True)
+            _sum_partials(dqp, ranges, tt // NTB, tt, NTB, dq, H, s0)
 
 
 def new_work(width, dtype):
@@ -738,7 +800,9 @@ def new_slabs(n_heads, length, widths, dtype, transposed, partials=0):
     rows, then for each an (SH, w, length + L) array of the same rows transposed (L = 64
     bytes of numbers of zero padding, which a register tile may read past the last row), or
     (SH, 0, length + L) where ``transposed`` says False; with ``partials`` = D > 0, last, the
-    per-thread partial dQ rows (n_threads, SH, length, D) of the backward.
+    backward's partial dQ rows (NC, SH, length, D), one per chunk of its tasks, NC =
+    NUMBA_NUM_THREADS (the configured count, not the current one: the chunks, and so the
+    numbers, stay the same under numba.set_num_threads).
     SH is the most heads whose scratch all fits in SLAB_BYTES (at least 1, at most n_heads).
     The kernels work one slab at a time, so this — not a copy of every head — is what the
     copies add to memory: O(T·D), never O(T²), never growing with B·H (at T = 16384,
