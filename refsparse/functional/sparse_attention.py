@@ -204,8 +204,8 @@ def sparse_attention_backward(dout, cache):
     One kernel, row-parallel over keys through the transposed pattern: per key j it
     recomputes p_ij and ds_ij for the queries i that attend to j, writes dk_j and dv_j, and
     adds ds_ij k_j into the partial dq_i of its chunk of tasks (one chunk per thread); dq is
-    the sum of the partials (and delta_i = dO_i · O_i is computed with the copies of dO). A query row with no entry has zero dq and
-    contributes nothing to dk and dv.
+    the sum of the partials (and delta_i = dO_i · O_i is computed with the copies of dO).
+    A query row with no entry has zero dq and contributes nothing to dk and dv.
 
     Derivation: docs/sparse-attention.md (and docs/backprop.md, section Attention).
     """
