@@ -163,6 +163,47 @@ def test_chunked_rows_of_w_equal_twin(problem):
         check_against_twin(*problem, np.float64)
 
 
+@given(problems(max_n=200, max_features=70))
+def test_dx_by_gather_over_the_transpose_equals_twin(problem):
+    """dX in both forms: gathering along the rows of Wᵀ (W's values read through the
+    permutation; the form of very sparse weights) and scattering along the rows of W."""
+    for threshold in (2.0, -1.0):  # every density gathers / none does
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(SL, "GATHER_BELOW_DENSITY", threshold)
+            mp.setattr(SL, "CHUNK_BYTES", 1)
+            check_against_twin(*problem, np.float64)
+
+
+def test_transpose_pattern_is_scipys_transpose_with_a_map_into_w():
+    rng = np.random.default_rng(3)
+    mask = rng.random((9, 13)) < 0.3
+    mask[4] = False
+    mask[:, 7] = False
+    w = csr_from_mask(mask, rng.standard_normal((9, 13)))
+    t_indptr, t_indices, perm = SL._transpose(w)
+    wt = w.T.tocsr()
+    wt.sort_indices()
+    np.testing.assert_array_equal(t_indptr, wt.indptr)
+    np.testing.assert_array_equal(t_indices, wt.indices)
+    np.testing.assert_array_equal(w.data[perm], wt.data)  # exact: only indices moved
+    assert SL._transpose(w)[0] is t_indptr  # built once per pattern
+
+
+def test_a_new_pattern_gets_a_new_transpose():
+    """The cached transpose belongs to the pattern arrays: when the same CSR object is
+    given new indptr/indices, the dX that follows uses the new pattern."""
+    rng = np.random.default_rng(4)
+    w = csr_from_mask(rng.random((30, 40)) < 0.01, rng.standard_normal((30, 40)))
+    x, dy = rng.standard_normal((5, 40)), rng.standard_normal((5, 30))
+    _, cache = sparse_linear_forward(x, w)
+    assert SL._dx_gathers(w)
+    assert_close("dx", sparse_linear_dx(dy, cache), dy @ w.toarray(), 1e-12)  # caches it
+    other = csr_from_mask(rng.random((30, 40)) < 0.02, rng.standard_normal((30, 40)))
+    w.indptr, w.indices, w.data = other.indptr, other.indices, other.data
+    _, cache = sparse_linear_forward(x, w)
+    assert_close("dx", sparse_linear_dx(dy, cache), dy @ other.toarray(), 1e-12)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 1, 9), (1, 9, 1), (9, 1, 1), (300, 5, 3)])
 @pytest.mark.parametrize("density", [0.0, 1.0])
 def test_degenerate_shapes(shape, density):

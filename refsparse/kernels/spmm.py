@@ -177,72 +177,108 @@ def column_blocks(Ap, Aj, block, Bp):
         Bp[o, nb] = e1
 
 
-# ----------------------------------------------------------------------------------
-# forward: y = x Wᵀ + b
-# ----------------------------------------------------------------------------------
-@numba.njit(**_FLAGS)
-def spmm_forward(x, Ap, Aj, Ax, bias, y, xt_buf, yt_buf):
-    """y = x Wᵀ + bias, over W's stored entries only.
+@numba.njit(cache=True)
+def transpose_pattern(Ap, Aj, n_cols, Tp, Tj, P):
+    """The pattern of Wᵀ, and where each of its entries lives in W (a counting sort).
 
     Arguments::
 
-        x       (N, C_in)        input, read
-        Ap      [C_out+1], Aj [nnz], Ax [nnz]   W (C_out, C_in), canonical CSR
-        bias    (C_out,)         added to every row (pass zeros for no bias)
-        y       (N, C_out)       output, every element written
-        xt_buf  (T, C_in, TN)    scratch, T >= numba.get_num_threads()
-        yt_buf  (T, OB, TN)      scratch: OB rows of W (outputs) at a time, 1 <= OB
+        Ap [R+1], Aj [nnz]   W's pattern (R × n_cols), canonical CSR
+        Tp [n_cols+1]        output: Wᵀ's row pointers (row j of Wᵀ = column j of W)
+        Tj [nnz]             output: Wᵀ's column ids (the rows o of W), sorted within a row
+        P  [nnz]             output: entry k of Wᵀ is entry P[k] of W, so its value is Ax[P[k]]
 
-    Per tile of TN rows: xt = x[tile]ᵀ; then for each chunk of OB rows o of W,
-    ``yt[o, :] = bias[o] + Σ_{e in row o} Ax[e] · xt[Aj[e], :]`` (the sum unrolled by
+    Only indices move: the values stay where they are, in W's ``Ax``, and the kernels read
+    them through P. O(nnz + R + n_cols).
+    """
+    R = Ap.size - 1
+    Tp[:] = 0
+    for k in range(Aj.size):  # count the entries of each column
+        Tp[Aj[k] + 1] += 1
+    for j in range(n_cols):
+        Tp[j + 1] += Tp[j]
+    fill = Tp[:-1].copy()  # next free slot of each row of Wᵀ
+    for o in range(R):  # rows in order: each row of Wᵀ comes out sorted
+        for e in range(Ap[o], Ap[o + 1]):
+            j = Aj[e]
+            Tj[fill[j]] = o
+            P[fill[j]] = e
+            fill[j] += 1
+
+
+# ----------------------------------------------------------------------------------
+# forward (y = x Wᵀ + b), and dX at high sparsity (dx = dy (Wᵀ)ᵀ): gather along rows
+# ----------------------------------------------------------------------------------
+@numba.njit(**_FLAGS)
+def spmm_gather(a, Ap, Aj, Ax, P, bias, out, at_buf, ot_buf):
+    """out = a Mᵀ + bias, row by row of M (each output column gathers its inputs).
+
+    Arguments::
+
+        a       (N, C_src)       input, read
+        Ap      [R+1], Aj [nnz]  M's pattern (R, C_src), canonical CSR
+        Ax, P   [nnz]            M's values: entry k of M is Ax[P[k]]
+        bias    (R,)             added to every row (zeros for none)
+        out     (N, R)           output, every element written
+        at_buf  (T, C_src, TN)   scratch, T >= numba.get_num_threads()
+        ot_buf  (T, OB, TN)      scratch: OB rows of M (outputs) at a time, 1 <= OB
+
+    Used two ways. Forward, M = W with P = 0, 1, 2, …: ``y = x Wᵀ + b``. dX of a very
+    sparse W, M = Wᵀ (:func:`transpose_pattern`) with W's own values through P and zero
+    bias: ``dx = dy W = dy (Wᵀ)ᵀ`` — there it beats :func:`spmm_dx`'s scatter, which
+    must fill and write back a whole tile of accumulators for few entries.
+
+    Per tile of TN rows: at = a[tile]ᵀ; then for each chunk of OB rows r of M,
+    ``ot[r, :] = bias[r] + Σ_{k in row r} Ax[P[k]] · at[Aj[k], :]`` (the sum unrolled by
     four entries, so the accumulator row is loaded and stored once per four entries),
-    and y[tile, chunk] = ytᵀ. The chunk keeps the accumulators in cache: a whole
-    (C_out, TN) tile of y would be 512 KB at C_out = 2048, more than L2.
+    and out[tile, chunk] = otᵀ. The chunk keeps the accumulators in cache: a whole
+    (R, TN) tile of out would be 512 KB at R = 2048, more than L2.
 
     Assumes: shapes as above, canonical CSR (duplicates would be summed, which is still
-    correct; unsorted indices only cost locality). Guarantees: y[n, o] =
-    Σ_j x[n, j] W[o, j] + bias[o] with the sum taken over stored entries in a reordered
-    (vectorized) order; a row of W with no entry gives y[:, o] = bias[o].
+    correct; unsorted indices only cost locality). Guarantees: out[n, r] =
+    Σ_k a[n, Aj[k]] Ax[P[k]] + bias[r] over the entries k of row r, in a reordered
+    (vectorized) order; an empty row r gives out[:, r] = bias[r].
 
-    Complexity: 2 · nnz · N flops; O(N · (C_in + C_out)) transposes.
-    NumPy twin: ``linear_forward(x, W.toarray(), bias)``.
+    Complexity: 2 · nnz · N flops; O(N · (C_src + R)) transposes.
+    NumPy twin: ``linear_forward(a, M.toarray(), bias)``.
     """
-    N = x.shape[0]
-    C_in = x.shape[1]
-    C_out = Ap.size - 1
-    TN = xt_buf.shape[2]
-    OB = yt_buf.shape[1]
+    N = a.shape[0]
+    C_src = a.shape[1]
+    R = Ap.size - 1
+    TN = at_buf.shape[2]
+    OB = ot_buf.shape[1]
     for tile in numba.prange((N + TN - 1) // TN):
         tid = numba.get_thread_id()
-        xt = xt_buf[tid]  # (C_in, TN)
-        yt = yt_buf[tid]  # (OB, TN)
+        at = at_buf[tid]  # (C_src, TN)
+        ot = ot_buf[tid]  # (OB, TN)
         n0 = tile * TN
         m = min(TN, N - n0)
-        _load_tile_t(x, n0, m, 0, C_in, xt)
-        for o0 in range(0, C_out, OB):
-            nc = min(OB, C_out - o0)
-            for r in range(nc):
-                o = o0 + r
-                acc = yt[r]  # (TN,) the accumulator, then y[n0:n0+m, o]
-                bo = bias[o]
+        _load_tile_t(a, n0, m, 0, C_src, at)
+        for r0 in range(0, R, OB):
+            nc = min(OB, R - r0)
+            for q in range(nc):
+                r = r0 + q
+                acc = ot[q]  # (TN,) the accumulator, then out[n0:n0+m, r]
+                br = bias[r]
                 for t in range(TN):
-                    acc[t] = bo
-                aj = Aj[Ap[o]:Ap[o + 1]]  # the row's entries as slices: indices from range()
-                ax = Ax[Ap[o]:Ap[o + 1]]  # are provably >= 0, which keeps the loops lean
+                    acc[t] = br
+                aj = Aj[Ap[r]:Ap[r + 1]]  # the row's entries as slices: indices from range()
+                pk = P[Ap[r]:Ap[r + 1]]  # are provably >= 0, which keeps the loops lean
                 n = aj.size
                 for g in range(n // 4):
                     k = 4 * g
-                    w0, w1, w2, w3 = ax[k], ax[k + 1], ax[k + 2], ax[k + 3]
-                    r0, r1 = xt[_u(aj[k])], xt[_u(aj[k + 1])]
-                    r2, r3 = xt[_u(aj[k + 2])], xt[_u(aj[k + 3])]
+                    w0, w1 = Ax[_u(pk[k])], Ax[_u(pk[k + 1])]
+                    w2, w3 = Ax[_u(pk[k + 2])], Ax[_u(pk[k + 3])]
+                    r0_, r1_ = at[_u(aj[k])], at[_u(aj[k + 1])]
+                    r2_, r3_ = at[_u(aj[k + 2])], at[_u(aj[k + 3])]
                     for t in range(TN):
-                        acc[t] += w0 * r0[t] + w1 * r1[t] + w2 * r2[t] + w3 * r3[t]
+                        acc[t] += w0 * r0_[t] + w1 * r1_[t] + w2 * r2_[t] + w3 * r3_[t]
                 for k in range(n - n % 4, n):
-                    w0 = ax[k]
-                    r0 = xt[_u(aj[k])]
+                    w0 = Ax[_u(pk[k])]
+                    r0_ = at[_u(aj[k])]
                     for t in range(TN):
-                        acc[t] += w0 * r0[t]
-            _store_tile_t(yt, n0, m, o0, nc, y)
+                        acc[t] += w0 * r0_[t]
+            _store_tile_t(ot, n0, m, r0, nc, out)
 
 
 # ----------------------------------------------------------------------------------
