@@ -28,10 +28,17 @@ operation (8 float32 per AVX2 instruction):
     dX        dxt[j, :] += Ax[e] * gt[o, :]         (scatter, gt[o, t] = dy[n0 + t, o])
     dW        dW[e]     += gt[o, :] · xt[j, :]      (a dot product per stored entry)
 
+:func:`spmm_gather` reads W's values through an index array P (entry k's value is
+Ax[P[k]]), so the same gather also computes dX = dy (Wᵀ)ᵀ over the rows of Wᵀ —
+:func:`transpose_pattern` gives Wᵀ's pattern and P once per pattern; W's values are never
+copied. The caller uses it for very sparse weights, where the scatter's fill and
+write-back of a whole (C_in, TN) tile of accumulators costs more than its few entries.
+
 Each entry of W is read once per tile and reused for TN rows; each element of the
 activations is transposed once per tile and reused by every stored entry of its column.
 The transposes are tile-sized, in cache, never whole-activation copies (measured here,
-``np.ascontiguousarray(x.T)`` of a large activation costs more than the dense GEMM).
+``np.ascontiguousarray(x.T)`` of a large activation costs more than the dense GEMM), and
+move K × K blocks through registers (:func:`refsparse.kernels.simd.vtranspose`).
 The dW kernels never build a dense (C_out, C_in) array: their output is aligned with
 ``Ax``, one number per stored entry.
 
