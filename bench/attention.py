@@ -9,7 +9,10 @@ Setting: batch 1, 8 heads, d_head 64, T ∈ {512, …, 16384}, float32 and float
 - torch: ``scaled_dot_product_attention(is_causal=True)`` — dense causal attention.
 
 Each library runs in its own process, warms up, and reports the median of repeats, for the
-forward alone and for forward + backward. Memory: the peak of what the sparse path
+forward alone and for forward + backward. ``--rounds R`` runs the whole sweep R times, the
+libraries taken in turn in every round, and keeps each figure's lowest median (every round's
+medians are kept in the JSON, ``round_ms``): on a machine shared with other jobs, whose speed
+drifts by up to 1.5× from minute to minute, this gives each library its quietest minute. Memory: the peak of what the sparse path
 allocates beyond its inputs and outputs, against one dense T × T float32 matrix, measured
 twice: with tracemalloc (which sees NumPy's allocations — the scratch the kernels use is
 allocated by NumPy and passed in) and, independently, as the growth of the peak resident
@@ -243,6 +246,22 @@ def fit_exponent(points):
     return float(np.polyfit(x, y, 1)[0])
 
 
+def lowest_of(rounds):
+    """Merge the rounds' worker results: per (lib, dtype, T, pattern) each time the lowest
+    median over the rounds; every round's medians kept in ``round_ms`` ([fwd, fwd+bwd])."""
+    merged = [dict(r, rows=[dict(row, round_ms=[[row["fwd_ms"], row["fwd_bwd_ms"]]]) for row in r["rows"]])
+              for r in rounds[0]]
+    for later in rounds[1:]:
+        for m, r in zip(merged, later):
+            for row, other in zip(m["rows"], r["rows"]):
+                row["round_ms"].append([other["fwd_ms"], other["fwd_bwd_ms"]])
+                row["fwd_ms"] = min(row["fwd_ms"], other["fwd_ms"])
+                row["fwd_bwd_ms"] = min(row["fwd_bwd_ms"], other["fwd_bwd_ms"])
+    for m in merged:
+        m["rounds"] = len(rounds)
+    return merged
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--T", type=int, nargs="+", default=T_ALL)
@@ -253,6 +272,8 @@ def main():
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the sweep and keep each figure's lowest median (a shared machine)")
     p.add_argument("--pattern", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -272,20 +293,25 @@ def main():
     warn_openblas_env()
     worst = check_against_twin()
     print(f"kernels = dense twin at T=256 (float64 max rel err {worst:.1e})\n")
-    results = []
-    for dtype in args.dtypes:
-        for lib in args.libs:
-            Ts = args.T if lib == "refsparse" else [T for T in args.T if T <= args.dense_max_T]
-            if Ts:
-                results.append(run_worker(__file__, [lib, "--dtype", dtype, "--T", *map(str, Ts)]))
-            if lib == "refsparse":  # memory: one fresh process per (T, pattern)
-                for T in Ts:
-                    for name in _patterns(T):
-                        r = run_worker(__file__, ["refsparse-rss", "--dtype", dtype, "--T", str(T), "--pattern", name],
-                                       env={"MALLOC_MMAP_THRESHOLD_": "65536"})
-                        for row in results[-1]["rows"]:
-                            if row["T"] == T and row["pattern"] == name:
-                                row["rss_extra_mb"] = r["rows"][0]["rss_extra_mb"]
+    rounds = []
+    for k in range(args.rounds):
+        results = []
+        for dtype in args.dtypes:
+            for lib in args.libs:
+                Ts = args.T if lib == "refsparse" else [T for T in args.T if T <= args.dense_max_T]
+                if Ts:
+                    print(f"round {k + 1}: {lib} {dtype}", file=sys.stderr)
+                    results.append(run_worker(__file__, [lib, "--dtype", dtype, "--T", *map(str, Ts)]))
+                if lib == "refsparse" and k == 0:  # memory: one fresh process per (T, pattern)
+                    for T in Ts:
+                        for name in _patterns(T):
+                            r = run_worker(__file__, ["refsparse-rss", "--dtype", dtype, "--T", str(T),
+                                                      "--pattern", name], env={"MALLOC_MMAP_THRESHOLD_": "65536"})
+                            for row in results[-1]["rows"]:
+                                if row["T"] == T and row["pattern"] == name:
+                                    row["rss_extra_mb"] = r["rows"][0]["rss_extra_mb"]
+        rounds.append(results)
+    results = lowest_of(rounds)
 
     table, summary = [], {}
     for dtype in args.dtypes:
@@ -307,7 +333,7 @@ def main():
                  if r["pattern"].startswith("local") and 2048 <= r["T"] <= 16384]
         if len(local) >= 2:
             summary[dtype] = {"fitted_exponent_local_2048_16384": fit_exponent(local)}
-    print(f"Attention, batch 1, {H} heads, d_head {D}: median ms; speed-up = torch fwd+bwd / refsparse "
+    print(f"Attention, batch 1, {H} heads, d_head {D}: median ms (lowest of {args.rounds} round(s)); speed-up = torch fwd+bwd / refsparse "
           "fwd+bwd; extra memory = peak allocation of refsparse fwd+bwd beyond inputs and outputs "
           "(tracemalloc; and peak-RSS growth in a fresh process), and its share of one dense T×T "
           "float32 matrix.\n")
@@ -318,8 +344,20 @@ def main():
         print(f"\n{dtype}: time ∝ T^{s['fitted_exponent_local_2048_16384']:.2f} for the window-128 pattern "
               "(fit from T = 2048 to 16384)")
     print(f"\nnumpy BLAS: {results[0]['env'].get('blas')}")
-    path = write_json("attention.json", {"H": H, "D": D, "window": WINDOW, "results": results,
-                                         "summary": summary, "twin_max_rel_err_f64": worst})
+    if args.rounds > 1:  # the speed line of issue 4 in each round, for the spread
+        for dtype in args.dtypes:
+            by = {r["lib"]: r for r in results if r["dtype"] == dtype}
+            if "refsparse" not in by or "torch" not in by:
+                continue
+            t_rows = {row["T"]: row for row in by["torch"]["rows"]}
+            for row in by["refsparse"]["rows"]:
+                if row["T"] in t_rows and row["pattern"].startswith("local"):
+                    per = [t[1] / r[1] for r, t in zip(row["round_ms"], t_rows[row["T"]]["round_ms"])]
+                    print(f"{dtype} T={row['T']} {row['pattern']}: speed-up vs torch per round "
+                          + ", ".join(f"{x:.1f}×" for x in per))
+    path = write_json("attention.json", {"H": H, "D": D, "window": WINDOW, "rounds": args.rounds,
+                                         "results": results, "summary": summary,
+                                         "twin_max_rel_err_f64": worst})
     print(f"wrote {path}")
 
 
