@@ -142,12 +142,6 @@ def _cached(weight, name, build):
     return value
 
 
-def _identity(weight):
-    """(nnz,) int64 0, 1, 2, …: the value map P of a product with W itself (spmm_gather
-    reads entry k's value as Ax[P[k]])."""
-    return _cached(weight, "_refsparse_identity", lambda w: np.arange(w.nnz, dtype=np.int64))
-
-
 def _build_transpose(weight):
     c_in = weight.shape[1]
     t_indptr = np.empty(c_in + 1, dtype=np.int64)  # (C_in+1,) Wᵀ's rows = W's columns
@@ -236,7 +230,7 @@ def sparse_linear_forward(x, weight, bias=None):
     b = bias if bias is not None else np.zeros(c_out, dtype=x.dtype)
     tn = tile_rows(n, x.dtype)
     y2 = np.empty((n, c_out), dtype=x.dtype)  # (N, C_out)
-    spmm_gather(x2, weight.indptr, weight.indices, weight.data, _identity(weight),
+    spmm_gather(x2, weight.indptr, weight.indices, weight.data, None,
                 np.ascontiguousarray(b), y2, _scratch(c_in, tn, x.dtype),
                 _scratch(chunk_rows(c_out, tn, x.dtype), tn, x.dtype))
     y = y2.reshape(*x.shape[:-1], c_out)  # (..., C_out)

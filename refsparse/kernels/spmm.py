@@ -28,7 +28,7 @@ operation (8 float32 per AVX2 instruction):
     dX        dxt[j, :] += Ax[e] * gt[o, :]         (scatter, gt[o, t] = dy[n0 + t, o])
     dW        dW[e]     += gt[o, :] · xt[j, :]      (a dot product per stored entry)
 
-:func:`spmm_gather` reads W's values through an index array P (entry k's value is
+:func:`spmm_gather` can read W's values through an index array P (entry k's value is
 Ax[P[k]]), so the same gather also computes dX = dy (Wᵀ)ᵀ over the rows of Wᵀ —
 :func:`transpose_pattern` gives Wᵀ's pattern and P once per pattern; W's values are never
 copied. The caller uses it for very sparse weights, where the scatter's fill and
@@ -216,6 +216,16 @@ def transpose_pattern(Ap, Aj, n_cols, Tp, Tj, P):
 # ----------------------------------------------------------------------------------
 # forward (y = x Wᵀ + b), and dX at high sparsity (dx = dy (Wᵀ)ᵀ): gather along rows
 # ----------------------------------------------------------------------------------
+@numba.njit(**_SERIAL)
+def _value(Ax, P, k):
+    """Entry k's value: Ax[k], or Ax[P[k]] when values are read through a map P. With P
+    None the test is settled when Numba compiles (a None argument has its own type), so
+    the forward pays nothing for the map."""
+    if P is None:
+        return Ax[_u(k)]
+    return Ax[_u(P[_u(k)])]
+
+
 @numba.njit(**_FLAGS)
 def spmm_gather(a, Ap, Aj, Ax, P, bias, out, at_buf, ot_buf):
     """out = a Mᵀ + bias, row by row of M (each output column gathers its inputs).
@@ -224,26 +234,27 @@ def spmm_gather(a, Ap, Aj, Ax, P, bias, out, at_buf, ot_buf):
 
         a       (N, C_src)       input, read
         Ap      [R+1], Aj [nnz]  M's pattern (R, C_src), canonical CSR
-        Ax, P   [nnz]            M's values: entry k of M is Ax[P[k]]
+        Ax      [nnz]            values; P None: entry k of M is Ax[k]
+        P       [nnz] or None    with a map P: entry k of M is Ax[P[k]]
         bias    (R,)             added to every row (zeros for none)
         out     (N, R)           output, every element written
         at_buf  (T, C_src, TN)   scratch, T >= numba.get_num_threads()
         ot_buf  (T, OB, TN)      scratch: OB rows of M (outputs) at a time, 1 <= OB
 
-    Used two ways. Forward, M = W with P = 0, 1, 2, …: ``y = x Wᵀ + b``. dX of a very
-    sparse W, M = Wᵀ (:func:`transpose_pattern`) with W's own values through P and zero
-    bias: ``dx = dy W = dy (Wᵀ)ᵀ`` — there it beats :func:`spmm_dx`'s scatter, which
-    must fill and write back a whole tile of accumulators for few entries.
+    Used two ways. Forward, M = W and P None: ``y = x Wᵀ + b``. dX of a very sparse W,
+    M = Wᵀ (:func:`transpose_pattern`) with W's own values read through P and zero bias:
+    ``dx = dy W = dy (Wᵀ)ᵀ`` — there it beats :func:`spmm_dx`'s scatter, which must fill
+    and write back a whole tile of accumulators for few entries.
 
     Per tile of TN rows: at = a[tile]ᵀ; then for each chunk of OB rows r of M,
-    ``ot[r, :] = bias[r] + Σ_{k in row r} Ax[P[k]] · at[Aj[k], :]`` (the sum unrolled by
-    four entries, so the accumulator row is loaded and stored once per four entries),
-    and out[tile, chunk] = otᵀ. The chunk keeps the accumulators in cache: a whole
-    (R, TN) tile of out would be 512 KB at R = 2048, more than L2.
+    ``ot[r, :] = bias[r] + Σ_{k in row r} M_k · at[Aj[k], :]`` (the sum unrolled by four
+    entries, so the accumulator row is loaded and stored once per four entries), and
+    out[tile, chunk] = otᵀ. The chunk keeps the accumulators in cache: a whole (R, TN)
+    tile of out would be 512 KB at R = 2048, more than L2.
 
     Assumes: shapes as above, canonical CSR (duplicates would be summed, which is still
     correct; unsorted indices only cost locality). Guarantees: out[n, r] =
-    Σ_k a[n, Aj[k]] Ax[P[k]] + bias[r] over the entries k of row r, in a reordered
+    Σ_k a[n, Aj[k]] M_k + bias[r] over the entries k of row r, in a reordered
     (vectorized) order; an empty row r gives out[:, r] = bias[r].
 
     Complexity: 2 · nnz · N flops; O(N · (C_src + R)) transposes.
@@ -261,31 +272,31 @@ def spmm_gather(a, Ap, Aj, Ax, P, bias, out, at_buf, ot_buf):
         n0 = tile * TN
         m = min(TN, N - n0)
         _load_tile_t(a, n0, m, 0, C_src, at)
-        for r0 in range(0, R, OB):
-            nc = min(OB, R - r0)
+        for c0 in range(0, R, OB):
+            nc = min(OB, R - c0)
             for q in range(nc):
-                r = r0 + q
+                r = c0 + q
                 acc = ot[q]  # (TN,) the accumulator, then out[n0:n0+m, r]
                 br = bias[r]
                 for t in range(TN):
                     acc[t] = br
-                aj = Aj[Ap[r]:Ap[r + 1]]  # the row's entries as slices: indices from range()
-                pk = P[Ap[r]:Ap[r + 1]]  # are provably >= 0, which keeps the loops lean
-                n = aj.size
+                e0 = Ap[r]
+                aj = Aj[e0:Ap[r + 1]]  # the row's column ids as a slice: indices from range()
+                n = aj.size  # are provably >= 0, which keeps the loops lean
                 for g in range(n // 4):
                     k = 4 * g
-                    w0, w1 = Ax[_u(pk[k])], Ax[_u(pk[k + 1])]
-                    w2, w3 = Ax[_u(pk[k + 2])], Ax[_u(pk[k + 3])]
-                    r0_, r1_ = at[_u(aj[k])], at[_u(aj[k + 1])]
-                    r2_, r3_ = at[_u(aj[k + 2])], at[_u(aj[k + 3])]
+                    w0, w1 = _value(Ax, P, e0 + k), _value(Ax, P, e0 + k + 1)
+                    w2, w3 = _value(Ax, P, e0 + k + 2), _value(Ax, P, e0 + k + 3)
+                    x0, x1 = at[_u(aj[k])], at[_u(aj[k + 1])]
+                    x2, x3 = at[_u(aj[k + 2])], at[_u(aj[k + 3])]
                     for t in range(TN):
-                        acc[t] += w0 * r0_[t] + w1 * r1_[t] + w2 * r2_[t] + w3 * r3_[t]
+                        acc[t] += w0 * x0[t] + w1 * x1[t] + w2 * x2[t] + w3 * x3[t]
                 for k in range(n - n % 4, n):
-                    w0 = Ax[_u(pk[k])]
-                    r0_ = at[_u(aj[k])]
+                    w0 = _value(Ax, P, e0 + k)
+                    x0 = at[_u(aj[k])]
                     for t in range(TN):
-                        acc[t] += w0 * r0_[t]
-            _store_tile_t(ot, n0, m, r0, nc, out)
+                        acc[t] += w0 * x0[t]
+            _store_tile_t(ot, n0, m, c0, nc, out)
 
 
 # ----------------------------------------------------------------------------------
