@@ -33,7 +33,8 @@ The patterns and their papers (formulas in each docstring and in docs/patterns.m
 - :func:`union`, :func:`intersect`, :func:`causal_only`, :func:`with_padding` — composition;
 - :func:`parse` — the text spec (``"local:window=64+global:indices=0"``) used by the CLI and configs;
 - :func:`stats`, :func:`reach`, :func:`to_text` — looking at a pattern;
-- :func:`transpose_with_map` — the transposed structure, for kernels that run over keys.
+- :func:`transpose_with_map` — the transposed structure, for kernels that run over keys
+  (:func:`transpose_structure`, the same for any canonical CSR array, e.g. a sparse weight).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ __all__ = [
     "stats",
     "reach",
     "to_text",
+    "transpose_structure",
     "transpose_with_map",
 ]
 
@@ -962,7 +964,14 @@ def transpose_with_map(p):
     ``x[perm]`` is aligned with the transpose. Kernels use it to compute dK and dV row-parallel
     over keys. Complexity O(nnz log nnz) (one stable argsort), once per pattern.
     """
-    p = check_pattern("p", p)
+    return transpose_structure(check_pattern("p", p))
+
+
+def transpose_structure(p):
+    """:func:`transpose_with_map` for any canonical CSR array (a pattern or a sparse weight,
+    whatever its values): ``(indptr_t, indices_t, perm)`` in p's index dtype. Only indices
+    are built; values aligned with p are read through ``perm``. Unchecked: p must be
+    canonical (sorted indices, no duplicates)."""
     t_k = p.shape[1]
     dt = p.indices.dtype
     # a stable sort by column keeps the row-major order, i.e. increasing rows, within a column

@@ -174,7 +174,7 @@ def test_dx_by_gather_over_the_transpose_equals_twin(problem):
             check_against_twin(*problem, np.float64)
 
 
-def test_transpose_pattern_is_scipys_transpose_with_a_map_into_w():
+def test_transpose_structure_is_scipys_transpose_with_a_map_into_w():
     rng = np.random.default_rng(3)
     mask = rng.random((9, 13)) < 0.3
     mask[4] = False

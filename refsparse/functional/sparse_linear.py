@@ -44,8 +44,8 @@ from ..kernels.spmm import (
     spmm_backward,
     spmm_dx,
     spmm_gather,
-    transpose_pattern,
 )
+from ..patterns import transpose_structure
 from ._common import check_upstream
 
 __all__ = [
@@ -142,20 +142,11 @@ def _cached(weight, name, build):
     return value
 
 
-def _build_transpose(weight):
-    c_in = weight.shape[1]
-    t_indptr = np.empty(c_in + 1, dtype=np.int64)  # (C_in+1,) Wᵀ's rows = W's columns
-    t_indices = np.empty(weight.nnz, dtype=np.int64)  # (nnz,) rows o of W, sorted per column
-    perm = np.empty(weight.nnz, dtype=np.int64)  # (nnz,) entry k of Wᵀ is entry perm[k] of W
-    transpose_pattern(weight.indptr, weight.indices, c_in, t_indptr, t_indices, perm)
-    return t_indptr, t_indices, perm
-
-
 def _transpose(weight):
     """Wᵀ's pattern and its map into W's values, ``(t_indptr, t_indices, perm)``: indices
     only — the values are always read from ``weight.data`` through ``perm``, so it is
-    built once per pattern (O(nnz + C_out + C_in)), never per step."""
-    return _cached(weight, "_refsparse_transpose", _build_transpose)
+    built once per pattern (O(nnz log nnz)), never per step."""
+    return _cached(weight, "_refsparse_transpose", transpose_structure)
 
 
 # Below this density dX gathers along the rows of Wᵀ instead of scattering along W's.

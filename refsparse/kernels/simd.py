@@ -222,7 +222,10 @@ def _butterfly(builder, rows):
     other row's lanes c − b. After the last stage row c holds the old column c.
     """
     K = len(rows)
-    mask = lambda lanes: ir.Constant(ir.VectorType(ir.IntType(32), K), lanes)  # noqa: E731
+
+    def mask(lanes):
+        return ir.Constant(ir.VectorType(ir.IntType(32), K), lanes)
+
     b = 1
     while b < K:
         out = list(rows)

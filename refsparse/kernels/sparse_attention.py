@@ -101,7 +101,8 @@ import numba
 import numpy as np
 
 from .activations import exp_softmax
-from .simd import LINE_BYTES, tlanes, vfma, vlanes, vload, vsplat, vstore, vtranspose
+from .simd import LINE_BYTES, vfma, vlanes, vload, vsplat, vstore
+from .spmm import store_tile_t
 
 G = 4  # rows per group (the fast path's register blocking)
 KB = 4  # groups per task, their tiles in lockstep (see _block_dots)
@@ -511,35 +512,9 @@ def _copy_slab_rows(x, y, s0, tt, NTB, H, xs, ys, xts, yts):
         src, dst = y[b, t, h], ys[sl, t]  # (Dv,)
         for d in range(src.size):
             dst[d] = src[d]
-    _transpose_rows(xs[sl], t0, t1, xts[sl])
-    _transpose_rows(ys[sl], t0, t1, yts[sl])
-
-
-@numba.njit(**_INNER)
-def _transpose_rows(xs, t0, t1, xts):
-    """xts[d, t] = xs[t, d] for t0 <= t < t1 and every d < xts.shape[0] (none when it is 0).
-
-    xs (T, D) and xts (D, T+L), one head's slab rows. K × K blocks (K = 8 float32, 4
-    float64) move through registers (:func:`~refsparse.kernels.simd.vtranspose`); the
-    edges number by number."""
-    D = xts.shape[0]
-    if D == 0:
-        return
-    W = xts.shape[1]
-    K = tlanes(xs)
-    src = xs.reshape(-1)  # (T·D,) row t at t·D
-    dst = xts.reshape(-1)  # (D·W,) row d at d·W
-    DK = D - D % K
-    tK = t0 + (t1 - t0) - (t1 - t0) % K
-    for t in range(t0, tK, K):
-        for d in range(0, DK, K):
-            vtranspose(src, t * D + d, D, dst, d * W + t, W)
-    for d in range(DK, D):
-        for t in range(t0, tK):
-            xts[d, t] = xs[t, d]
-    for d in range(D):
-        for t in range(tK, t1):
-            xts[d, t] = xs[t, d]
+    # xts[sl, d, t] = xs[sl, t, d] for t0 <= t < t1: K × K blocks through registers
+    store_tile_t(xs[sl, t0:t1], 0, xts.shape[1], t0, t1 - t0, xts[sl])
+    store_tile_t(ys[sl, t0:t1], 0, yts.shape[1], t0, t1 - t0, yts[sl])
 
 
 @numba.njit(**_INNER)

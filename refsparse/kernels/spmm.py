@@ -30,8 +30,8 @@ operation (8 float32 per AVX2 instruction):
 
 :func:`spmm_gather` can read W's values through an index array P (entry k's value is
 Ax[P[k]]), so the same gather also computes dX = dy (Wᵀ)ᵀ over the rows of Wᵀ —
-:func:`transpose_pattern` gives Wᵀ's pattern and P once per pattern; W's values are never
-copied. The caller uses it for very sparse weights, where the scatter's fill and
+:func:`refsparse.patterns.transpose_structure` gives Wᵀ's pattern and P once per
+pattern; W's values are never copied. The caller uses it for very sparse weights, where the scatter's fill and
 write-back of a whole (C_in, TN) tile of accumulators costs more than its few entries.
 
 Each entry of W is read once per tile and reused for TN rows; each element of the
@@ -135,9 +135,10 @@ def _load_tile_t(a, n0, m, c0, nc, at):
 
 
 @numba.njit(**_SERIAL)
-def _store_tile_t(at, n0, m, c0, nc, a):
+def store_tile_t(at, n0, m, c0, nc, a):
     """a[n0 + t, c0 + c] = at[c, t] for c < nc and t < m: the inverse of
-    :func:`_load_tile_t`, also in K × K blocks through registers."""
+    :func:`_load_tile_t`, also in K × K blocks through registers. (The attention kernels'
+    slab copies use it too, for their transposed rows.)"""
     TN = at.shape[1]
     C = a.shape[1]
     K = tlanes(a)
@@ -184,38 +185,6 @@ def column_blocks(Ap, Aj, block, Bp):
         Bp[o, nb] = e1
 
 
-@numba.njit(cache=True)
-def transpose_pattern(Ap, Aj, n_cols, Tp, Tj, P):
-    """The pattern of Wᵀ, and where each of its entries lives in W (a counting sort).
-
-    Arguments::
-
-        Ap [R+1], Aj [nnz]   W's pattern (R × n_cols), canonical CSR
-        Tp [n_cols+1]        output: Wᵀ's row pointers (row j of Wᵀ = column j of W)
-        Tj [nnz]             output: Wᵀ's column ids (the rows o of W), sorted within a row
-        P  [nnz]             output: entry k of Wᵀ is entry P[k] of W, so its value is Ax[P[k]]
-
-    Only indices move: the values stay where they are, in W's ``Ax``, and the kernels read
-    them through P. O(nnz + R + n_cols).
-    """
-    R = Ap.size - 1
-    Tp[:] = 0
-    for k in range(Aj.size):  # count the entries of each column
-        Tp[Aj[k] + 1] += 1
-    for j in range(n_cols):
-        Tp[j + 1] += Tp[j]
-    fill = Tp[:-1].copy()  # next free slot of each row of Wᵀ
-    for o in range(R):  # rows in order: each row of Wᵀ comes out sorted
-        for e in range(Ap[o], Ap[o + 1]):
-            j = Aj[e]
-            Tj[fill[j]] = o
-            P[fill[j]] = e
-            fill[j] += 1
-
-
-# ----------------------------------------------------------------------------------
-# forward (y = x Wᵀ + b), and dX at high sparsity (dx = dy (Wᵀ)ᵀ): gather along rows
-# ----------------------------------------------------------------------------------
 @numba.njit(**_SERIAL)
 def _value(Ax, P, k):
     """Entry k's value: Ax[k], or Ax[P[k]] when values are read through a map P. With P
@@ -242,9 +211,9 @@ def spmm_gather(a, Ap, Aj, Ax, P, bias, out, at_buf, ot_buf):
         ot_buf  (T, OB, TN)      scratch: OB rows of M (outputs) at a time, 1 <= OB
 
     Used two ways. Forward, M = W and P None: ``y = x Wᵀ + b``. dX of a very sparse W,
-    M = Wᵀ (:func:`transpose_pattern`) with W's own values read through P and zero bias:
-    ``dx = dy W = dy (Wᵀ)ᵀ`` — there it beats :func:`spmm_dx`'s scatter, which must fill
-    and write back a whole tile of accumulators for few entries.
+    M = Wᵀ (:func:`refsparse.patterns.transpose_structure`) with W's values read through P
+    and zero bias: ``dx = dy W = dy (Wᵀ)ᵀ`` — there it beats :func:`spmm_dx`'s scatter,
+    which must fill and write back a whole tile of accumulators for few entries.
 
     Per tile of TN rows: at = a[tile]ᵀ; then for each chunk of OB rows r of M,
     ``ot[r, :] = bias[r] + Σ_{k in row r} M_k · at[Aj[k], :]`` (the sum unrolled by four
@@ -296,7 +265,7 @@ def spmm_gather(a, Ap, Aj, Ax, P, bias, out, at_buf, ot_buf):
                     x0 = at[_u(aj[k])]
                     for t in range(TN):
                         acc[t] += w0 * x0[t]
-            _store_tile_t(ot, n0, m, c0, nc, out)
+            store_tile_t(ot, n0, m, c0, nc, out)
 
 
 # ----------------------------------------------------------------------------------
@@ -393,7 +362,7 @@ def spmm_dx(dy, Bp, Aj, Ax, dx, gt_buf, dxt_buf):
                     e0, e1 = Bp[o0 + r, k], Bp[o0 + r, k + 1]
                     if e0 < e1:
                         _dx_row(gt[r], dxt, Aj[e0:e1], Ax[e0:e1])
-        _store_tile_t(dxt, n0, m, 0, C_in, dx)
+        store_tile_t(dxt, n0, m, 0, C_in, dx)
 
 
 @numba.njit(**_FLAGS)
@@ -504,4 +473,4 @@ def spmm_backward(dy, x, Bp, Aj, Ax, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
                         g = gt[r]  # (TN,) dy[n0:n0+TN, o0 + r]
                         _dw_row(g, xt, Aj[e0:e1], dwp[e0:e1])
                         _dx_row(g, dxt, Aj[e0:e1], Ax[e0:e1])
-        _store_tile_t(dxt, n0, m, 0, C_in, dx)
+        store_tile_t(dxt, n0, m, 0, C_in, dx)
