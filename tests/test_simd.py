@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from numba.core.errors import TypingError
 
-from refsparse.kernels.simd import tlanes, vfma, vlanes, vload, vsplat, vstore, vtranspose
+from numba.core.codegen import get_host_cpu_features
+
+from refsparse.kernels.simd import VECTOR_BYTES, tlanes, vector_bytes, vfma, vlanes, vload, vsplat, vstore, vtranspose
 
 
 def tile(a, x, y):
@@ -38,10 +40,21 @@ def splat_jit(s, out):
     vstore(out, 0, vsplat(s))
 
 
-@pytest.mark.parametrize("dtype,lanes", [(np.float32, 16), (np.float64, 8)])
-def test_lanes_are_one_cache_line(dtype, lanes):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lanes_follow_the_compile_target(dtype):
+    """256-byte vectors where Numba compiles for AVX-512, else 64 (one cache line), in
+    Python and in compiled code alike."""
     a = np.zeros(3, dtype)
-    assert vlanes(a) == lanes_jit(a) == lanes
+    want = (256 if "+avx512f" in get_host_cpu_features().split(",") else 64) // a.itemsize
+    if numba.config.CPU_FEATURES is not None:
+        want = (256 if "+avx512f" in numba.config.CPU_FEATURES.split(",") else 64) // a.itemsize
+    assert VECTOR_BYTES // a.itemsize == vlanes(a) == lanes_jit(a) == want
+
+
+def test_vector_bytes_of_a_feature_list():
+    assert vector_bytes("+avx,+avx2,+fma,-avx512f") == 64
+    assert vector_bytes("+avx,+avx2,+fma,+avx512f,+avx512bw") == 256
+    assert vector_bytes("") == 64
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

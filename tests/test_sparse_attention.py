@@ -6,6 +6,10 @@ each tensor's largest entry), on drawn shapes and patterns that include empty ro
 single-entry rows, full rows, per-head and per-batch patterns, and T_q != T_k.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -19,6 +23,12 @@ from refsparse.functional.sparse_attention import (
     sparse_attention_forward,
 )
 from refsparse.gradcheck import check_op
+from refsparse.kernels.simd import VECTOR_BYTES, vlanes
+
+
+def lanes(dtype):
+    """L, the numbers in one register-tile vector of dtype (refsparse.kernels.simd)."""
+    return vlanes(np.zeros(1, dtype))
 
 
 def rel_err(mine, theirs):
@@ -66,7 +76,7 @@ def cases(draw):
     t_q = draw(st.integers(1, 12))
     t_k = draw(st.sampled_from([t_q, draw(st.integers(1, 12))]))
     D = draw(st.integers(1, 9))
-    Dv = draw(st.sampled_from([D, draw(st.integers(1, 9)), 16]))  # 16: the register tile of the sums
+    Dv = draw(st.sampled_from([D, draw(st.integers(1, 9)), lanes(np.float64)]))  # the sums' register tile
     grouping = draw(st.sampled_from(["shared", "per_head", "per_batch", "per_batch_head"]))
     density = draw(st.sampled_from([0.0, 0.2, 0.5, 1.0]))
     seed = draw(st.integers(0, 2**31 - 1))
@@ -151,10 +161,11 @@ def _run_kinds(indices, seg_start, seg_len):
 
 @pytest.mark.parametrize("t_q,t_k", [(23, 23), (17, 26), (30, 13)])
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
-@pytest.mark.parametrize("D,Dv", [(8, 5), (5, 16)])  # Dv = 16: the sums' register tile (float32 and float64)
+@pytest.mark.parametrize("D,Dv", [(8, 5), (5, "L")])  # L: the sums' register tile, one vector wide
 def test_fast_path_and_general_path_equal_dense_twin(t_q, t_k, dtype, tol, D, Dv):
     """Structured patterns take the shared-run fast path for most entries; one head with a
     random pattern and a group with an empty row take the general path."""
+    Dv = lanes(dtype) if Dv == "L" else Dv
     rng = np.random.default_rng(11)
     B, H = 2, 3
     q = rng.standard_normal((B, H, t_q, D)).astype(dtype)
@@ -181,22 +192,26 @@ def test_fast_path_and_general_path_equal_dense_twin(t_q, t_k, dtype, tol, D, Dv
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
-@pytest.mark.parametrize("D,Dv", [(7, 16), (16, 7)])  # 16: the sums' tile (Dv) and the dQ terms' tile (D)
+@pytest.mark.parametrize("D,Dv", [(7, "L"), ("L", 7)])  # L: the sums' tile (Dv) and the dQ terms' tile (D)
 def test_long_runs_take_several_register_tiles(dtype, tol, D, Dv):
-    """Windows wider than a vector: runs of up to 37 keys take several tiles of L keys
-    (16 float32, 8 float64) and a partial last one, the groups of a block have runs of
-    different lengths (the first rows of a causal window are short), and the last block
-    of groups is partial (T = 70: 18 groups of 4, blocks of 4 groups)."""
+    """Windows wider than two vectors: runs of up to 2L + 5 keys take several tiles of L
+    keys (L = vlanes: e.g. 16 float32 on AVX2, 64 with AVX-512) and a partial last one, the
+    groups of a block have runs of different lengths (the first rows of a causal window are
+    short), and the last block of groups is partial (T = 4L + 6: L + 2 groups of 4 rows,
+    blocks of 4 groups)."""
     from refsparse import patterns as P
 
+    L = lanes(dtype)
+    D, Dv = (L if D == "L" else D), (L if Dv == "L" else Dv)
     rng = np.random.default_rng(5)
-    B, H, T = 1, 2, 70
+    B, H, T = 1, 2, 4 * L + 6
     q = rng.standard_normal((B, H, T, D)).astype(dtype)
     k = rng.standard_normal((B, H, T, D)).astype(dtype)
     v = rng.standard_normal((B, H, T, Dv)).astype(dtype)
-    pattern = [P.local(T, 40), P.local(T, 33, causal=False)]
+    pattern = [P.local(T, 2 * L + 8), P.local(T, 2 * L + 1, causal=False)]
     pp = prepare_pattern(pattern)
-    assert pp.seg_len.max() > 32
+    assert pp.seg_len.max() > 2 * L
+    assert (T + 3) // 4 % 4 != 0  # a partial last block of groups
     out, cache = sparse_attention_forward(q, k, v, pp)
     out_d, cache_d = F.attention_forward(q, k, v, dense_mask([pattern], B, H))
     assert_close("out", out, out_d, tol)
@@ -204,6 +219,26 @@ def test_long_runs_take_several_register_tiles(dtype, tol, D, Dv):
     for g, mine, theirs in zip(("dq", "dk", "dv"), sparse_attention_backward(dout, cache),
                                F.attention_backward(dout, cache_d)):
         assert_close(g, mine, theirs, tol)
+
+
+# A compile target without AVX-512, for the test below: Numba then compiles 64-byte vectors.
+HASWELL = {"NUMBA_CPU_NAME": "haswell",
+           "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,+cx16,+movbe,+lzcnt"}
+
+
+@pytest.mark.skipif(VECTOR_BYTES != 256, reason="this host compiles 64-byte vectors: the tests above check them")
+def test_register_tiles_of_64_byte_vectors_too():
+    """On an AVX-512 host the tests above check the 256-byte register tiles; this runs the
+    tile tests and the lanes test again in a process whose Numba compiles for AVX2
+    (Haswell), so that the 64-byte tiles every AVX2 CPU runs are checked here too. Numba
+    keys its cache by the compile target, so the two never share compiled kernels."""
+    tests = os.path.join(os.path.dirname(__file__))
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            os.path.join(tests, "test_sparse_attention.py"), os.path.join(tests, "test_simd.py"),
+            "-k", "fast_path or long_runs or lanes_follow"]
+    run = subprocess.run(args, env=dict(os.environ, **HASWELL), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
 
 def test_same_numbers_on_one_thread_and_on_all():
@@ -447,7 +482,12 @@ def test_bad_attention_spec_is_named():
 
 def test_softmax_exp_matches_numpy_exp():
     """The kernels' exp (vectorisable in float32) against its twin np.exp: float64 is np.exp
-    itself; float32 within one ulp over the softmax's range a <= 0 (and a hair above)."""
+    compiled by Numba, which calls the C library's exp — equal to math.exp, and within one
+    ulp of NumPy's own np.exp (whose AVX-512 loop differs from the C library's by one ulp at
+    about 5% of these arguments); float32 within one ulp over the softmax's range a <= 0
+    (and a hair above)."""
+    import math
+
     import numba
 
     from refsparse.kernels.activations import exp_softmax
@@ -462,7 +502,8 @@ def test_softmax_exp_matches_numpy_exp():
                           [0.0, -0.0, 1e-7, -1e-30, -87.0, -103.9, -104.0, -200.0, -np.inf]])
     out64 = np.empty_like(a64)
     apply(a64, out64)
-    np.testing.assert_array_equal(out64, np.exp(a64))
+    np.testing.assert_array_equal(out64, [math.exp(x) for x in a64])
+    np.testing.assert_array_max_ulp(out64, np.exp(a64), maxulp=1)
     a32 = a64.astype(np.float32)
     out32 = np.empty_like(a32)
     apply(a32, out32)

@@ -1,7 +1,11 @@
-"""Vectors of one cache line of numbers, for the register tiles of the attention kernels.
+"""Vectors of numbers held in registers, for the register tiles of the attention kernels.
 
-A *vector* here is ``L`` consecutive numbers held as one value, L = 64 bytes / itemsize:
-16 float32 or 8 float64 — one cache line, two AVX2 registers. Five operations:
+A *vector* here is ``L`` consecutive numbers held as one value, L = VECTOR_BYTES / itemsize,
+where VECTOR_BYTES is a quarter of the vector register file of the CPU Numba compiles for
+(see :func:`vector_bytes`): 256 bytes with AVX-512 — 64 float32 or 32 float64, four
+512-bit registers — and 64 bytes otherwise — 16 float32 or 8 float64, one cache line, two
+AVX2 registers. A tile of four vectors (the kernels' 4 rows) then holds half the register
+file, and the other half is left for the operands. Five operations:
 
     vlanes(a)          L for a's dtype (a an array)
     vload(a, i)        a[i : i+L]                      a 1-D C-contiguous, i + L <= a.size
@@ -22,7 +26,15 @@ tile in registers: arrays are memory it cannot prove unaliased, and 64 scalar ac
 do not vectorise. Written with these vectors, each accumulator is an SSA value that LLVM
 maps onto registers. Measured on one thread here (T = 4096, window 128, D = 64, float32):
 the weighted sums Σ_t w_rt v_t went from 37 to 74 GFLOP/s, the dot products from 42 to
-66 GFLOP/s.
+66 GFLOP/s (AVX2, L = 16 float32).
+
+Why the width follows the CPU. A 4-row tile of one 16-number vector per row holds 4
+accumulators on an AVX-512 CPU, one 512-bit register each; with 2 FMA units and 4 cycles
+of FMA latency it needs 8 to keep them busy, so those tiles ran at most at half speed.
+Measured on a 2-core AVX-512 Xeon (T = 4096, causal window 128, 8 heads of 64, float32,
+forward + backward, alternating in one process): 128-byte vectors 13% faster than 64,
+256-byte vectors another 7% faster than 128. On AVX2 a 128-byte vector is four of its 16
+registers, and four rows of it would take them all.
 
 NumPy twin: the functions below *are* the twin — plain NumPy that runs when they are
 called from Python (and everywhere under ``NUMBA_DISABLE_JIT=1``). Inside Numba code each
@@ -44,15 +56,30 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, models, overload, register_model
 
-LINE_BYTES = 64  # one cache line: a vector's size in bytes
+def vector_bytes(features=None):
+    """Bytes in one vector: 256 where ``features`` (LLVM's comma-separated CPU features;
+    default: those Numba compiles for — ``NUMBA_CPU_FEATURES`` if set, else the host's)
+    include AVX-512 (``+avx512f``), else 64.
+
+    Numba's on-disk cache keys every compiled function by the CPU name and features, so
+    kernels compiled for one width are never loaded for the other.
+    """
+    if features is None:
+        features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return 256 if "+avx512f" in features.split(",") else 64
+
+
+VECTOR_BYTES = vector_bytes()  # a vector's size in bytes, for this process's compile target
 
 
 def vlanes(a):
-    """L, the numbers in one vector of a's dtype: 16 for float32, 8 for float64."""
-    return LINE_BYTES // np.dtype(a.dtype).itemsize
+    """L, the numbers in one vector of a's dtype: VECTOR_BYTES / itemsize (64 or 16 for
+    float32, 32 or 8 for float64)."""
+    return VECTOR_BYTES // np.dtype(a.dtype).itemsize
 
 
 def vload(a, i):
@@ -119,7 +146,7 @@ class _VecModel(models.PrimitiveModel):
 
 
 def _vec_of(dtype):
-    return Vec(dtype, LINE_BYTES // (dtype.bitwidth // 8))
+    return Vec(dtype, VECTOR_BYTES // (dtype.bitwidth // 8))
 
 
 def _is_float_line(a):

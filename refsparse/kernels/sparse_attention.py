@@ -55,8 +55,8 @@ hold at consecutive positions of their CSR rows:
 Every entry is still computed exactly once:
 
 - **shared run (fast path)**, the G rows at once, in *register tiles* written with the
-  vectors of :mod:`refsparse.kernels.simd` (L = 16 float32 or 8 float64 numbers, one
-  cache line):
+  vectors of :mod:`refsparse.kernels.simd` (L numbers: 64 float32 or 32 float64 on an
+  AVX-512 CPU, 16 or 8 elsewhere — the tile of 4 rows takes half the vector registers):
   - scores: when the run's keys are consecutive (windows, blocks), a tile is G rows × L
     keys, summed over d with the keys transposed (XT[d, j] = k_j[d], so L keys at one d
     are one vector): 4 vector accumulators that stay in registers for the whole loop over
@@ -101,7 +101,7 @@ import numba
 import numpy as np
 
 from .activations import exp_softmax
-from .simd import LINE_BYTES, vfma, vlanes, vload, vsplat, vstore
+from .simd import VECTOR_BYTES, vfma, vlanes, vload, vsplat, vstore
 from .spmm import store_tile_t
 
 G = 4  # rows per group (the fast path's register blocking)
@@ -190,7 +190,7 @@ def _consecutive(indices, s, n):
 @numba.njit(**_INNER)
 def _tile_dots(S, A, b, h, XT, i0, ip, indices, start, t):
     """One register tile of a group's shared run (its keys consecutive): for the 4 rows
-    i0 … i0+3 and the run's keys t … t+L-1 (L = vlanes: 16 float32, 8 float64),
+    i0 … i0+3 and the run's keys t … t+L-1 (L = vlanes, e.g. 16 or 64 float32),
     S[r, o_r + u] = A[b, i0+r, h] · x_{j0+t+u}, o_r where the run sits in row r's scratch.
 
     S (G, width + L); A (B, T, H, D); XT (D, T'+L) the keys transposed (XT[d, j] = x_j[d]),
@@ -518,6 +518,26 @@ def _copy_slab_rows(x, y, s0, tt, NTB, H, xs, ys, xts, yts):
 
 
 @numba.njit(**_INNER)
+def _row_max(s, n):
+    """max(s[0], …, s[n-1]), n >= 1, in 8 running maxima: one running maximum is a chain of
+    n dependent instructions (measured: a fifth of the forward at T = 4096, window 128)."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = s[0]
+    n8 = n - n % 8
+    for t in range(0, n8, 8):
+        m0 = max(m0, s[t])
+        m1 = max(m1, s[t + 1])
+        m2 = max(m2, s[t + 2])
+        m3 = max(m3, s[t + 3])
+        m4 = max(m4, s[t + 4])
+        m5 = max(m5, s[t + 5])
+        m6 = max(m6, s[t + 6])
+        m7 = max(m7, s[t + 7])
+    for t in range(n8, n):
+        m0 = max(m0, s[t])
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
+@numba.njit(**_INNER)
 def _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, out, lse, S, R, b, h, g0, g1):
     """The forward of query groups g0 … g1-1 of head (b, h): scores into S (KB·G,
     width + L), their exponentials e_ij = exp(s_ij − max) in place, then the out rows,
@@ -544,9 +564,7 @@ def _fwd_block(q, ks, vs, ks_t, sl, indptr, indices, seg_start, seg_len, scale, 
             lse[b, h, i] = neg_inf
             continue
         sr = S[i - G * g0]
-        m = neg_inf  # the row's largest unscaled score: scale > 0, so scale·m is the scaled max
-        for t in range(n):
-            m = max(m, sr[t])
+        m = _row_max(sr, n)  # the row's largest unscaled score: scale > 0, so scale·m is the scaled max
         l = zero
         for t in range(n):
             e = exp_softmax((sr[t] - m) * scale)  # e_ij = exp(s_ij − max), p_ij = e_ij / l
@@ -785,8 +803,9 @@ def sparse_attention_bwd(q, k, v, out, dout, lse, t_indptr, t_indices, t_seg_sta
 def new_work(width, dtype):
     """The kernels' per-thread scratch: (n_threads, 2, G, width + L) — two score rows per
     row of a group, width ≥ the longest row (or column, for the backward) of the
-    pattern, plus L = 64 bytes of numbers for the lanes a register tile writes past a row."""
-    lanes = LINE_BYTES // np.dtype(dtype).itemsize
+    pattern, plus L = VECTOR_BYTES of numbers for the lanes a register tile writes past a
+    row."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     return np.empty((numba.config.NUMBA_NUM_THREADS, 2, KB * G, max(int(width), 1) + lanes), dtype=dtype)
 
 
@@ -795,8 +814,8 @@ SLAB_BYTES = 16 << 20  # the most one slab of head copies may take
 
 def new_slabs(n_heads, length, widths, dtype, transposed, partials=0):
     """Scratch for one slab of heads: for each w in ``widths`` an (SH, length, w) array of
-    rows, then for each an (SH, w, length + L) array of the same rows transposed (L = 64
-    bytes of numbers of zero padding, which a register tile may read past the last row), or
+    rows, then for each an (SH, w, length + L) array of the same rows transposed (L =
+    VECTOR_BYTES of numbers of zero padding, which a register tile may read past the last row), or
     (SH, 0, length + L) where ``transposed`` says False; with ``partials`` = D > 0, last, the
     backward's partial dQ rows (NC, SH, length, D), one per chunk of its tasks, NC =
     NUMBA_NUM_THREADS (the configured count, not the current one: the chunks, and so the
@@ -807,7 +826,7 @@ def new_slabs(n_heads, length, widths, dtype, transposed, partials=0):
     D = Dv = 64, float32, 2 threads, the backward's rows, transposed rows and partials: one
     head of 24 MB, 2.3% of one T × T float32 matrix)."""
     itemsize = np.dtype(dtype).itemsize
-    lanes = LINE_BYTES // itemsize
+    lanes = VECTOR_BYTES // itemsize
     n_threads = numba.config.NUMBA_NUM_THREADS
     widths_t = [int(w) if t else 0 for w, t in zip(widths, transposed)]
     per_head = (sum(int(w) * int(length) for w in widths) + sum(w * (int(length) + lanes) for w in widths_t)
