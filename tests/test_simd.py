@@ -4,11 +4,20 @@ functions called from Python), in float32 and float64."""
 import numba
 import numpy as np
 import pytest
+from numba.core.codegen import get_host_cpu_features
 from numba.core.errors import TypingError
 
-from numba.core.codegen import get_host_cpu_features
-
-from refsparse.kernels.simd import VECTOR_BYTES, tlanes, vector_bytes, vfma, vlanes, vload, vsplat, vstore, vtranspose
+from refsparse.kernels.simd import (
+    VECTOR_BYTES,
+    tlanes,
+    vector_bytes,
+    vfma,
+    vlanes,
+    vload,
+    vsplat,
+    vstore,
+    vtranspose,
+)
 
 
 def tile(a, x, y):

@@ -236,7 +236,8 @@ def test_register_tiles_of_64_byte_vectors_too():
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
             os.path.join(tests, "test_sparse_attention.py"), os.path.join(tests, "test_simd.py"),
             "-k", "fast_path or long_runs or lanes_follow"]
-    run = subprocess.run(args, env=dict(os.environ, **HASWELL), capture_output=True, text=True, timeout=900)
+    run = subprocess.run(args, env=dict(os.environ, **HASWELL), capture_output=True, text=True, timeout=900,
+                         check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 

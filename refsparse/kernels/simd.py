@@ -60,6 +60,7 @@ from numba.core import cgutils, config
 from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, models, overload, register_model
 
+
 def vector_bytes(features=None):
     """Bytes in one vector: 256 where ``features`` (LLVM's comma-separated CPU features;
     default: those Numba compiles for — ``NUMBA_CPU_FEATURES`` if set, else the host's)
