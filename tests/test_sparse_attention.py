@@ -242,19 +242,50 @@ def test_register_tiles_of_64_byte_vectors_too():
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
 
+@pytest.mark.parametrize("NC", [1, 2, 3, 7])
+def test_chunks_of_equal_work(NC):
+    """The tasks of a slab go to NC contiguous chunks whose work (entries + rows of their
+    tasks) differs from total/NC by at most one task's work — for a causal strided pattern,
+    whose later rows hold more entries, an even split of the tasks would not be."""
+    from refsparse import patterns as P
+    from refsparse.kernels.sparse_attention import G, KB, _balanced_chunks
+
+    T, H = 509, 2
+    pp = prepare_pattern([P.strided(T, 16), P.local(T, 40)])
+    NB = (pp.seg_len.shape[2] + KB - 1) // KB
+    work = []  # per task, as the docstring defines it
+    for h in range(H):
+        ip = pp.indptr[0, h]
+        for blk in range(NB):
+            r0, r1 = min(T, blk * KB * G), min(T, (blk + 1) * KB * G)
+            work.append(int(ip[r1] - ip[r0]) + (r1 - r0))
+    bounds = _balanced_chunks(pp.indptr, 0, H, H, NB, NC)
+    assert bounds[0] == 0 and bounds[-1] == H * NB and np.all(np.diff(bounds) >= 0)
+    total = sum(work)
+    for c in range(NC):
+        mine = sum(work[bounds[c]:bounds[c + 1]])
+        assert abs(mine - total / NC) <= max(work), (c, mine, total / NC)
+
+
 def test_same_numbers_on_one_thread_and_on_all():
     """The backward cuts each slab's tasks into a fixed number of chunks (one partial dQ
     each), so every sum has the same order whichever thread runs a chunk and however many
-    threads there are: the bits do not depend on the thread count. Three heads and blocks
-    of 16 keys, so that a head's tasks are split between two chunks."""
+    threads there are: the bits do not depend on the thread count. Three heads of two blocks
+    of keys each, in one slab, and chunks of equal work that split a head's tasks between two
+    chunks (checked)."""
     import numba
 
     from refsparse import patterns as P
+    from refsparse.kernels.sparse_attention import KB, _balanced_chunks
 
     rng = np.random.default_rng(8)
     B, H, T, D = 1, 3, 37, 16
     q, k, v, dout = (rng.standard_normal((B, H, T, D)) for _ in range(4))
     pattern = [P.local(T, 9), random_pattern(rng, T, T, 0.3), P.strided(T, 6)]
+    pp = prepare_pattern(pattern)
+    NB = (pp.t_seg_len.shape[2] + KB - 1) // KB  # blocks of keys per head
+    bounds = _balanced_chunks(pp.t_indptr, 0, H, H, NB, 2)  # with 2 chunks (the 2-thread case)
+    assert any(b % NB for b in bounds[1:-1]), (bounds, NB)  # a cut inside a head
 
     def run():
         out, cache = sparse_attention_forward(q, k, v, pattern)
