@@ -630,9 +630,9 @@ def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, ou
     for the register tile of the scores (vs_t is (SH, 0, ·): the forward needs no transposed
     values). Then the slab's tasks — blocks of KB groups of G query rows, of each head — in
     NC = work.shape[0] contiguous chunks of equal work (:func:`_balanced_chunks`), one per
-    thread, run in parallel; per block: 1. the scores of its rows into a scratch row each (work[thread, 0], (KB·G,
-    width + L)), 2. e_j = exp(s_j − m) of each row in place and l = Σ_j e_j, 3. out rows =
-    (Σ_j e_j v_j) / l.
+    thread, run in parallel; per block: 1. the scores of its rows into a scratch row each
+    (work[thread, 0], (KB·G, width + L)), 2. e_j = exp(s_j − m) of each row in place and
+    l = Σ_j e_j, 3. out rows = (Σ_j e_j v_j) / l.
     ``scale`` must be a scalar of q's dtype. Complexity O(nnz · (D + Dv)) per (b, h).
     """
     B, H, Tk = q.shape[0], q.shape[2], k.shape[1]
@@ -796,11 +796,11 @@ def sparse_attention_bwd(q, k, v, out, dout, lse, t_indptr, t_indices, t_seg_sta
     dv_j and dk_j are sums over key j's column: one task writes them. dq_i gathers terms
     from the columns of many keys. So a slab's tasks are cut into NC = dqp.shape[0]
     contiguous *chunks* of equal work (:func:`_balanced_chunks`; one per thread, run in
-    parallel), and each chunk adds its terms
-    into partial rows of its own, dqp[c] (NC, SH, Tq, D) — only the query rows its keys
-    reach, [lo, hi) per head, are zeroed and used — and dq is their sum over the chunks,
-    taken after the slab's chunks (no atomics). The order of every sum depends only on the
-    shapes and NC, not on which thread runs a chunk or how many threads there are.
+    parallel), and each chunk adds its terms into partial rows of its own, dqp[c] (NC, SH,
+    Tq, D) — only the query rows its keys reach, [lo, hi) per head, are zeroed and used —
+    and dq is their sum over the chunks, taken after the slab's chunks (no atomics). The
+    order of every sum depends only on the pattern, the shapes and NC, not on which thread
+    runs a chunk or how many threads there are.
 
     Per slab of SH = qs.shape[0] heads: the queries and output gradients copied into qs,
     dos (SH, Tq, D|Dv) and transposed into qs_t, dos_t (SH, D|Dv, Tq+L), and delta_i of
