@@ -198,8 +198,9 @@ def test_long_runs_take_several_register_tiles(dtype, tol, D, Dv):
     keys (L = vlanes: e.g. 16 float32 on AVX2, 64 with AVX-512) and a partial last one, the
     groups of a block have runs of different lengths (the first rows of a causal window are
     short), and the last block of groups is partial (T = 4L + 6: L + 2 groups of 4 rows,
-    blocks of 4 groups)."""
+    blocks of KB = 8 groups)."""
     from refsparse import patterns as P
+    from refsparse.kernels.sparse_attention import KB, G
 
     L = lanes(dtype)
     D, Dv = (L if D == "L" else D), (L if Dv == "L" else Dv)
@@ -211,7 +212,7 @@ def test_long_runs_take_several_register_tiles(dtype, tol, D, Dv):
     pattern = [P.local(T, 2 * L + 8), P.local(T, 2 * L + 1, causal=False)]
     pp = prepare_pattern(pattern)
     assert pp.seg_len.max() > 2 * L
-    assert (T + 3) // 4 % 4 != 0  # a partial last block of groups
+    assert (T + G - 1) // G % KB != 0  # a partial last block of groups
     out, cache = sparse_attention_forward(q, k, v, pp)
     out_d, cache_d = F.attention_forward(q, k, v, dense_mask([pattern], B, H))
     assert_close("out", out, out_d, tol)
@@ -232,7 +233,7 @@ def test_register_tiles_of_64_byte_vectors_too():
     tile tests and the lanes test again in a process whose Numba compiles for AVX2
     (Haswell), so that the 64-byte tiles every AVX2 CPU runs are checked here too. Numba
     keys its cache by the compile target, so the two never share compiled kernels."""
-    tests = os.path.join(os.path.dirname(__file__))
+    tests = os.path.dirname(__file__)
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
             os.path.join(tests, "test_sparse_attention.py"), os.path.join(tests, "test_simd.py"),
             "-k", "fast_path or long_runs or lanes_follow"]
@@ -248,7 +249,7 @@ def test_chunks_of_equal_work(NC):
     tasks) differs from total/NC by at most one task's work — for a causal strided pattern,
     whose later rows hold more entries, an even split of the tasks would not be."""
     from refsparse import patterns as P
-    from refsparse.kernels.sparse_attention import G, KB, _balanced_chunks
+    from refsparse.kernels.sparse_attention import KB, G, _balanced_chunks
 
     T, H = 509, 2
     pp = prepare_pattern([P.strided(T, 16), P.local(T, 40)])
