@@ -4,9 +4,9 @@ For a weight W (C_out, C_in) at a given sparsity and N = 4096 rows of activation
 
     forward   y  = x Wᵀ + b              refsparse spmm_forward | numpy x @ W.T | scipy x @ W.T |
                                           torch F.linear(x, W_csr, b)
-    dX        dx = dy W                   refsparse spmm_dx      | numpy dy @ W  | scipy dy @ W  |
+    dX        dx = dy W                   refsparse spmm_backward, dX only | numpy dy @ W | scipy dy @ W |
                                           torch dy @ W_csr
-    dW        dW = (dyᵀ x) at W's entries refsparse sddmm_dw     | numpy dy.T @ x (dense) |
+    dW        dW = (dyᵀ x) at W's entries refsparse spmm_backward, dW only | numpy dy.T @ x (dense) |
                                           torch sparse.sampled_addmm (scipy has no SDDMM: n/a)
     backward  dX, dW and db               refsparse's fused kernel (one pass) | numpy dX + dW
     fwd+bwd   forward then backward       refsparse | numpy

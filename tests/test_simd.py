@@ -16,6 +16,7 @@ from refsparse.kernels.simd import (
     vload,
     vsplat,
     vstore,
+    vsum,
     vtranspose,
 )
 
@@ -106,6 +107,28 @@ def test_tile_equals_its_numpy_twin(dtype):
     assert np.all(np.abs(y_jit - want) <= bound)
 
 
+@numba.njit(cache=True)
+def sum_jit(a):
+    return vsum(vload(a, 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_of_lanes_is_its_twins_halving_order_bit_for_bit(dtype):
+    """vsum adds the two halves lane by lane until one number is left; the compiled sum
+    takes exactly that order (no reassociation), so the bits agree with the twin, and
+    the twin agrees with the same halving written out by hand."""
+    rng = np.random.default_rng(2)
+    L = vlanes(np.zeros(1, dtype))
+    for _ in range(20):
+        a = (rng.standard_normal(L) * 10.0 ** rng.integers(-8, 8, L)).astype(dtype)
+        h = list(a)
+        while len(h) > 1:  # by hand: h[i] + h[i + n/2]
+            n = len(h) // 2
+            h = [dtype(h[i] + h[i + n]) for i in range(n)]
+        assert vsum(a) == h[0]
+        assert sum_jit(a) == h[0]
+
+
 def test_wrong_arrays_are_rejected_at_compile_time():
     x = np.zeros((4, 32), np.float32)
     with pytest.raises(TypingError):
@@ -119,22 +142,27 @@ def transpose_jit(src, i, si, dst, j, sj):
     vtranspose(src, i, si, dst, j, sj)
 
 
-@pytest.mark.parametrize("dtype,side", [(np.float32, 8), (np.float64, 4)])
-def test_transpose_block_equals_its_numpy_twin(dtype, side):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_block_equals_its_numpy_twin(dtype):
     """A K × K block from any offset and row length lands transposed at any other; nothing
-    outside the block is written. The twin is itself checked against plain indexing."""
+    outside the block is written. The twin is itself checked against plain indexing. K is
+    one vector register of the compile target: 64 bytes with AVX-512, else 32."""
+    features = numba.config.CPU_FEATURES or get_host_cpu_features()
+    side = (64 if "+avx512f" in features.split(",") else 32) // np.dtype(dtype).itemsize
     assert tlanes(np.zeros(1, dtype)) == tlanes_jit(np.zeros(1, dtype)) == side
     rng = np.random.default_rng(1)
-    src = rng.standard_normal(400).astype(dtype)
-    for i, si, j, sj in [(0, side, 0, side), (3, 13, 5, 11), (17, 29, 0, 40), (1, side, 2, side + 1)]:
-        want = np.full(400, -7.0, dtype)
+    size = 3 * side * side
+    src = rng.standard_normal(size).astype(dtype)
+    for i, si, j, sj in [(0, side, 0, side), (3, side + 5, 5, side + 3), (17, 2 * side - 3, 0, 2 * side),
+                         (1, side, 2, side + 1)]:
+        want = np.full(size, -7.0, dtype)
         for t in range(side):  # plain indexing: dst[j + c·sj + t] = src[i + t·si + c]
             for c in range(side):
                 want[j + c * sj + t] = src[i + t * si + c]
-        twin = np.full(400, -7.0, dtype)
+        twin = np.full(size, -7.0, dtype)
         vtranspose(src, i, si, twin, j, sj)
         np.testing.assert_array_equal(twin, want)
-        out = np.full(400, -7.0, dtype)
+        out = np.full(size, -7.0, dtype)
         transpose_jit(src, i, si, out, j, sj)
         np.testing.assert_array_equal(out, want)
 

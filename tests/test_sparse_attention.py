@@ -230,13 +230,15 @@ HASWELL = {"NUMBA_CPU_NAME": "haswell",
 @pytest.mark.skipif(VECTOR_BYTES != 256, reason="this host compiles 64-byte vectors: the tests above check them")
 def test_register_tiles_of_64_byte_vectors_too():
     """On an AVX-512 host the tests above check the 256-byte register tiles; this runs the
-    tile tests and the lanes test again in a process whose Numba compiles for AVX2
-    (Haswell), so that the 64-byte tiles every AVX2 CPU runs are checked here too. Numba
+    tile tests, the vector tests of test_simd.py and the sparse-weight kernels' twin tests
+    again in a process whose Numba compiles for AVX2 (Haswell), so that the 64-byte
+    vectors and 32-byte transpose blocks every AVX2 CPU runs are checked here too. Numba
     keys its cache by the compile target, so the two never share compiled kernels."""
     tests = os.path.dirname(__file__)
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
             os.path.join(tests, "test_sparse_attention.py"), os.path.join(tests, "test_simd.py"),
-            "-k", "fast_path or long_runs or lanes_follow"]
+            os.path.join(tests, "test_sparse_linear.py"),
+            "-k", "fast_path or long_runs or test_simd or twin"]
     run = subprocess.run(args, env=dict(os.environ, **HASWELL), capture_output=True, text=True, timeout=900,
                          check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]

@@ -26,7 +26,8 @@ only selects entries.
 :func:`~refsparse.functional.linear.linear_backward` called with ``W.toarray()``, with
 the dense dW read at the stored entries. The tests hold the two together.
 
-Kernels: refsparse/kernels/spmm.py (SpMM for y and dx, SDDMM for dW, one fused backward).
+Kernels: refsparse/kernels/spmm.py (SpMM for y; SpMM for dx and SDDMM for dW fused in one
+backward, along the rows of Wᵀ).
 """
 
 from __future__ import annotations
@@ -38,13 +39,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._checks import check_float, check_same_dtype, check_shape
-from ..kernels.spmm import (
-    column_blocks,
-    sddmm_dw,
-    spmm_backward,
-    spmm_dx,
-    spmm_gather,
-)
+from ..kernels.simd import VECTOR_BYTES
+from ..kernels.spmm import spmm_backward, spmm_forward
 from ..patterns import transpose_structure
 from ._common import check_upstream
 
@@ -88,43 +84,24 @@ def check_sparse_weight(name, weight):
     return weight
 
 
-# Bytes per row of a transposed tile: 256 (64 float32, 32 float64) measured best for the
-# forward; 512 for the backward, whose dW dot products end in a horizontal sum per tile
-# (twice the tile, half the sums: 5-20 % faster backward here, side by side in one process)
-FWD_ROW_BYTES = 256
-BWD_ROW_BYTES = 512
+# Bytes per row of a transposed tile: 256 (64 float32, 32 float64), a whole number of
+# vectors; measured best for the forward on both machines these kernels were tuned on.
+ROW_BYTES = 256
 
 
-def tile_rows(n_rows, dtype, row_bytes=FWD_ROW_BYTES):
+def tile_rows(n_rows, dtype, row_bytes=ROW_BYTES):
     """Rows per batch tile of the kernels (the scratch buffers' last axis).
 
-    ``row_bytes`` per row of a transposed tile (FWD_ROW_BYTES or BWD_ROW_BYTES); small
-    batches get smaller tiles (a multiple of 8, enough for every thread to get one) so
-    that N = 1 does not compute 64 padded rows.
+    ``row_bytes`` per row of a transposed tile (ROW_BYTES). Always a
+    multiple of L, the numbers in one vector (:data:`refsparse.kernels.simd.VECTOR_BYTES`),
+    since the kernels' loops run over whole vectors; small batches get smaller tiles
+    (enough for every thread to get one), down to one vector.
     """
-    full = max(8, int(row_bytes) // np.dtype(dtype).itemsize)
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize  # L
+    full = lanes * max(1, int(row_bytes) // VECTOR_BYTES)
     threads = numba.get_num_threads()
     per_thread = -(-max(int(n_rows), 1) // threads)  # ceil
-    return int(min(full, 8 * -(-per_thread // 8)))
-
-
-# Bytes of one column block of xt (and as much of dxt) in the backward kernels. Measured:
-# 10-15 % faster backward at C_in = 2048 than one block; C_in <= 512 stays one block.
-BLOCK_BYTES = 128 * 1024
-
-
-def block_columns(tn, dtype):
-    """Columns per block of the backward, so that a block of xt and of dxt stay in cache."""
-    return max(16, BLOCK_BYTES // (tn * np.dtype(dtype).itemsize))
-
-
-def _blocks(indptr, indices, n_cols, tn, dtype):
-    """A pattern's rows split into column blocks for the scatter kernels: (rows, nb+1) int64."""
-    block = block_columns(tn, dtype)
-    nb = max(1, -(-n_cols // block))
-    Bp = np.empty((indptr.size - 1, nb + 1), dtype=np.int64)
-    column_blocks(indptr, indices, block, Bp)
-    return Bp
+    return int(min(full, lanes * -(-per_thread // lanes)))
 
 
 def _cached(weight, name, build):
@@ -144,39 +121,19 @@ def _cached(weight, name, build):
 
 def _transpose(weight):
     """Wᵀ's pattern and its map into W's values, ``(t_indptr, t_indices, perm)``: indices
-    only — the values are always read from ``weight.data`` through ``perm``, so it is
-    built once per pattern (O(nnz log nnz)), never per step."""
+    only — the backward gathers the values, ``weight.data[perm]`` (O(nnz)), on each call,
+    so this is built once per pattern (O(nnz log nnz)), never per step."""
     return _cached(weight, "_refsparse_transpose", transpose_structure)
 
 
-# Below this density dX gathers along the rows of Wᵀ instead of scattering along W's.
-GATHER_BELOW_DENSITY = 0.03
-
-
-def _dx_gathers(weight):
-    """Whether dX = dy W runs as a gather over the rows of Wᵀ (:func:`spmm_gather`) rather
-    than the scatter over W's rows (:func:`spmm_dx`).
-
-    The scatter fills a (C_in, TN) tile of accumulators, adds into its rows at random and
-    writes it back; the gather finishes one accumulator row at a time. With few entries the
-    fill and write-back dominate. Measured here, in one process (N = 4096, float32, 2
-    threads): W 2048×512 at 99 % sparsity, 6.5 ms gathering against 9.0 scattering; from
-    80 % to 95 % the two were within the machine's noise of each other on both shapes, and
-    the scatter needs no transposed pattern.
-    """
-    c_out, c_in = weight.shape
-    return weight.nnz < GATHER_BELOW_DENSITY * c_out * c_in
-
-
-# Bytes of the chunk of transposed outputs (forward) or upstream gradients (backward)
-# that the kernels hold for OB rows of W at a time: at C_out = 2048 a whole tile
-# (512 KB) overflowed L2.
+# Bytes of the chunk that streams through the kernels beside the cached tile: OB finished
+# outputs in the forward, CB columns of x and of dx in the backward (:mod:`spmm`).
 CHUNK_BYTES = 32 * 1024
 
 
-def chunk_rows(c_out, tn, dtype):
-    """Rows of W per chunk (OB): the kernels' (OB, TN) scratch of outputs or gradients."""
-    return max(1, min(int(c_out), max(8, CHUNK_BYTES // (tn * np.dtype(dtype).itemsize))))
+def chunk_rows(rows, tn, dtype):
+    """Rows per chunk (OB or CB, at most ``rows``): the kernels' (chunk, TN) scratch."""
+    return max(1, min(int(rows), max(8, CHUNK_BYTES // (tn * np.dtype(dtype).itemsize))))
 
 
 def _scratch(rows, tn, dtype):
@@ -221,9 +178,8 @@ def sparse_linear_forward(x, weight, bias=None):
     b = bias if bias is not None else np.zeros(c_out, dtype=x.dtype)
     tn = tile_rows(n, x.dtype)
     y2 = np.empty((n, c_out), dtype=x.dtype)  # (N, C_out)
-    spmm_gather(x2, weight.indptr, weight.indices, weight.data, None,
-                np.ascontiguousarray(b), y2, _scratch(c_in, tn, x.dtype),
-                _scratch(chunk_rows(c_out, tn, x.dtype), tn, x.dtype))
+    spmm_forward(x2, weight.indptr, weight.indices, weight.data, np.ascontiguousarray(b), y2,
+                 _scratch(c_in, tn, x.dtype), _scratch(chunk_rows(c_out, tn, x.dtype), tn, x.dtype))
     y = y2.reshape(*x.shape[:-1], c_out)  # (..., C_out)
     return y, SparseLinearCache(x2, weight, x.shape, bias is not None)
 
@@ -236,64 +192,55 @@ def _unpack(dy, cache):
     return x2, weight, x_shape, has_bias, dy2
 
 
+def _backward(dy, cache, want_dx, want_dw, want_db):
+    """The kernel call behind the three backward functions: (dx2, dweight, dbias), each
+    None when not wanted. dW comes out in Wᵀ's order and is put back in W's here."""
+    x2, weight, x_shape, has_bias, dy2 = _unpack(dy, cache)
+    c_out, c_in = weight.shape
+    n, dtype = x2.shape[0], x2.dtype
+    t_indptr, t_indices, perm = _transpose(weight)
+    tn = tile_rows(n, dtype)
+    threads = numba.get_num_threads()
+    cb = chunk_rows(c_in, tn, dtype)
+    dx2 = np.empty((n, c_in), dtype=dtype) if want_dx else None  # (N, C_in)
+    dw_part = np.zeros((threads, weight.nnz), dtype=dtype) if want_dw else None  # (T, nnz), Wᵀ's order
+    db_part = np.zeros((threads, c_out), dtype=dtype) if want_db and has_bias else None  # (T, C_out)
+    spmm_backward(dy2, x2 if want_dw else None, t_indptr, t_indices, weight.data[perm], dx2, dw_part,
+                  db_part, _scratch(c_out, tn, dtype), _scratch(cb, tn, dtype), _scratch(cb, tn, dtype))
+    dweight = None
+    if want_dw:
+        dweight = np.empty(weight.nnz, dtype=dtype)  # (nnz,) aligned with weight.data
+        dweight[perm] = dw_part.sum(axis=0)
+    dbias = db_part.sum(axis=0) if db_part is not None else None  # (C_out,)
+    return dx2, dweight, dbias
+
+
 def sparse_linear_backward(dy, cache):
     """Gradients of y = x Wᵀ + b, with dW only at W's stored entries.
 
-        dx = dy W                      (..., C_in)      — same CSR as the forward
+        dx = dy W                      (..., C_in)      — W's values, read along Wᵀ
         dW_e = Σ_n dy[n, o] x[n, j]    (nnz,)           for each stored e = (o, j),
                                                          aligned with weight.data
         db = Σ_n dy[n, :]              (C_out,), or None when the forward had no bias
 
     These are linear_backward's dx, its dW = dyᵀ x read at the stored entries, and its
-    db — never a dense (C_out, C_in) array. One fused kernel pass reads dy and x once.
+    db — never a dense (C_out, C_in) array. One fused kernel pass reads dy and x once,
+    along the rows of Wᵀ, whose pattern is built once per pattern and kept with the
+    weight (an optimizer step changes values only).
 
     Returns
     -------
     (dx, dweight_data, dbias)
     """
-    x2, weight, x_shape, has_bias, dy2 = _unpack(dy, cache)
-    c_out, c_in = weight.shape
-    n = x2.shape[0]
-    dtype = x2.dtype
-    tn = tile_rows(n, dtype, BWD_ROW_BYTES)
-    threads = numba.get_num_threads()
-    dx2 = np.empty((n, c_in), dtype=dtype)  # (N, C_in)
-    dw_part = np.zeros((threads, weight.nnz), dtype=dtype)  # (T, nnz) per-thread partial sums
-    db_part = np.zeros((threads, c_out), dtype=dtype)  # (T, C_out)
-    Bp = _blocks(weight.indptr, weight.indices, c_in, tn, dtype)
-    spmm_backward(dy2, x2, Bp, weight.indices, weight.data, dx2, dw_part, db_part,
-                  _scratch(chunk_rows(c_out, tn, dtype), tn, dtype), _scratch(c_in, tn, dtype),
-                  _scratch(c_in, tn, dtype))
-    dweight = dw_part.sum(axis=0)  # (nnz,)
-    dbias = db_part.sum(axis=0) if has_bias else None  # (C_out,)
-    return dx2.reshape(x_shape), dweight, dbias
+    dx2, dweight, dbias = _backward(dy, cache, True, True, True)
+    return dx2.reshape(cache.x_shape), dweight, dbias
 
 
 def sparse_linear_dx(dy, cache):
-    """dx = dy W alone (the first half of :func:`sparse_linear_backward`), shaped like x."""
-    x2, weight, x_shape, _, dy2 = _unpack(dy, cache)
-    c_out, c_in = weight.shape
-    n, dtype = x2.shape[0], x2.dtype
-    dx2 = np.empty((n, c_in), dtype=dtype)  # (N, C_in)
-    if _dx_gathers(weight):  # dx = dy (Wᵀ)ᵀ: the rows of Wᵀ, W's values read through perm
-        t_indptr, t_indices, perm = _transpose(weight)
-        tn = tile_rows(n, dtype)
-        spmm_gather(dy2, t_indptr, t_indices, weight.data, perm, np.zeros(c_in, dtype),
-                    dx2, _scratch(c_out, tn, dtype), _scratch(chunk_rows(c_in, tn, dtype), tn, dtype))
-    else:
-        tn = tile_rows(n, dtype, BWD_ROW_BYTES)
-        spmm_dx(dy2, _blocks(weight.indptr, weight.indices, c_in, tn, dtype), weight.indices,
-                weight.data, dx2, _scratch(chunk_rows(c_out, tn, dtype), tn, dtype),
-                _scratch(c_in, tn, dtype))
-    return dx2.reshape(x_shape)
+    """dx = dy W alone (the first part of :func:`sparse_linear_backward`), shaped like x."""
+    return _backward(dy, cache, True, False, False)[0].reshape(cache.x_shape)
 
 
 def sparse_linear_dw(dy, cache):
-    """dW at the stored entries alone (SDDMM, the second half of the backward): (nnz,)."""
-    x2, weight, _, _, dy2 = _unpack(dy, cache)
-    c_out, c_in = weight.shape
-    tn = tile_rows(x2.shape[0], x2.dtype, BWD_ROW_BYTES)
-    dw_part = np.zeros((numba.get_num_threads(), weight.nnz), dtype=x2.dtype)
-    sddmm_dw(dy2, x2, _blocks(weight.indptr, weight.indices, c_in, tn, x2.dtype), weight.indices, dw_part,
-             _scratch(chunk_rows(c_out, tn, x2.dtype), tn, x2.dtype), _scratch(c_in, tn, x2.dtype))
-    return dw_part.sum(axis=0)
+    """dW at the stored entries alone (SDDMM, the second part of the backward): (nnz,)."""
+    return _backward(dy, cache, False, True, False)[1]

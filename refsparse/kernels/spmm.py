@@ -16,31 +16,39 @@ The weight W (C_out, C_in) is a canonical CSR matrix (scipy's names):
     Aj[nnz]       column ids, sorted within each row, no duplicates
     Ax[nnz]       values (a stored entry may hold 0.0: it stays stored)
 
+and the backward walks Wᵀ (C_in, C_out), whose pattern Tp, Tj and the map ``perm`` from
+its entries to W's (entry k of Wᵀ is entry perm[k] of W) are built once per pattern by
+:func:`refsparse.patterns.transpose_structure`; its values are At = Ax[perm].
+
 **Why batch tiles.** A stored entry (o, j) couples *column* j of x with *column* o of y.
 With row-major activations a column is strided, and a sparse loop over strided data
 does not vectorize. So every kernel walks the batch in tiles of TN rows (TN = the
-scratch buffers' last axis, chosen by the caller) and first copies the tile, transposed,
-into a small per-thread buffer: ``xt[j, t] = x[n0 + t, j]``. Row j of ``xt`` is then a
-contiguous vector of TN numbers, and each stored entry costs one length-TN vector
-operation (8 float32 per AVX2 instruction):
+scratch buffers' last axis, chosen by the caller, a multiple of the vector length L)
+and first copies the tile, transposed, into a small per-thread buffer:
+``xt[j, t] = x[n0 + t, j]``. Row j of ``xt`` is then a contiguous run of TN numbers, and
+each stored entry costs one vector operation per L of them
+(:mod:`refsparse.kernels.simd`: L = 64 float32 with AVX-512, 16 with AVX2):
 
-    forward   yt[o, :] += Ax[e] * xt[j, :]          (gather over the entries of row o)
-    dX        dxt[j, :] += Ax[e] * gt[o, :]         (scatter, gt[o, t] = dy[n0 + t, o])
-    dW        dW[e]     += gt[o, :] · xt[j, :]      (a dot product per stored entry)
+    forward   yt[o, :] = b[o] + Σ_{j in row o of W}  Ax · xt[j, :]     (gathers)
+    dX        dxt[j, :] =       Σ_{o in row j of Wᵀ} At · gt[o, :]     (gathers, gt = dyᵀ)
+    dW        dW[e]    += gt[o, :] · xt[j, :]    for each entry e = (o, j)
 
-:func:`spmm_gather` can read W's values through an index array P (entry k's value is
-Ax[P[k]]), so the same gather also computes dX = dy (Wᵀ)ᵀ over the rows of Wᵀ —
-:func:`refsparse.patterns.transpose_structure` gives Wᵀ's pattern and P once per
-pattern; W's values are never copied. The caller uses it for very sparse weights, where the scatter's fill and
-write-back of a whole (C_in, TN) tile of accumulators costs more than its few entries.
+**Only gathers.** Every sum is taken along a row of W (forward) or of Wᵀ (backward), so
+its accumulator stays in registers from the first entry to the last and is stored once;
+the only operand read at random is one side's transposed tile (xt in the forward, gt in
+the backward), which the kernel keeps in cache for the whole tile. A scatter form of dX
+along W's rows (``dxt[j] += Ax · gt[o]``) loads and stores a row of accumulators per entry
+instead, and an earlier version of these kernels that did so, with dW's dots in the same
+pass, was 1.1–1.6× slower on every shape and sparsity of ``bench/sparse_linear.py``
+(measured side by side on a 2-core AVX-512 Xeon, float32).
 
 Each entry of W is read once per tile and reused for TN rows; each element of the
 activations is transposed once per tile and reused by every stored entry of its column.
 The transposes are tile-sized, in cache, never whole-activation copies (measured here,
 ``np.ascontiguousarray(x.T)`` of a large activation costs more than the dense GEMM), and
 move K × K blocks through registers (:func:`refsparse.kernels.simd.vtranspose`).
-The dW kernels never build a dense (C_out, C_in) array: their output is aligned with
-``Ax``, one number per stored entry.
+The dW sums never build a dense (C_out, C_in) array: their output is one number per
+stored entry.
 
 **Parallelism.** Tiles are independent: ``prange`` over tiles. Thread ``tid =
 numba.get_thread_id()`` works in its own scratch slices ``buf[tid]``, so the scratch
@@ -50,23 +58,9 @@ of ``dw_part`` (T, nnz) and ``db_part`` (T, C_out), which the caller zeroes befo
 sums after (an O(T · nnz) reduction, no atomics). With numba's static schedule the
 tiles a thread gets — hence the summation order — depend only on N, TN and T.
 
-**Column blocks (backward).** dX scatters into, and dW reads, rows of dxt and xt at
-random. The backward kernels therefore walk W one block of columns at a time (row
-segments from :func:`column_blocks`), so that the block's rows of xt/dxt stay in cache
-while gt streams by; with C_in small enough there is a single block.
-
-**What the inner loops cost, measured on these machines (AVX2).** Plain Numba code gives
-no way to keep a vector accumulator in registers across the entries of a row (LLVM's SLP
-vectorizer does not combine scalar accumulators carried around a loop; the vectors of
-:mod:`refsparse.kernels.simd` now can, and the attention kernels use them — these loops do
-not yet), so the forward
-accumulator row lives in L1 and is loaded and stored once per *four* entries; the dW dots
-share one pass over gt[o] between four entries. Rows are taken as slices indexed from
-``range`` and column ids as unsigned integers, which removes Numba's negative-index
-tests from the hot loops. Per core this runs at roughly 10–20 GFLOP/s in float32 (dense
-BLAS: 60–75): the kernels win from about 85 % sparsity on. At 99 % the tile transposes of
-the wide activations and writing the output dominate: they are memory-bound, as dense
-BLAS's own reads and writes of the same arrays are.
+**Chunks.** The side that is not read at random streams through in chunks: the forward
+finishes OB outputs at a time (ot, then stored transposed into y), the backward CB input
+columns at a time (xt and dxt), so that the chunk and the cached tile share the cache.
 
 **Tail tile.** The last tile may hold m < TN rows; its transposed buffers are zero-padded
 to TN so that the vector loops always run over TN lanes (padding contributes 0 to the dot
@@ -76,8 +70,8 @@ NumPy twin: :func:`refsparse.functional.linear.linear_forward` / ``linear_backwa
 the dense masked weight ``W.toarray()`` — the tests hold every kernel here to it.
 
 Cost, per product: 2 · nnz · N flops, plus O(N · (C_in + C_out)) for the transposes.
-Memory besides inputs and outputs: the scratch buffers, T · TN · (C_in + C_out) (and
-T · TN · C_in more for the fused backward), plus ``dw_part`` (T, nnz).
+Memory besides inputs and outputs: the scratch buffers, T · TN · (C_in + OB) forward and
+T · TN · (C_out + 2 CB) backward, plus ``dw_part`` (T, nnz).
 """
 
 from __future__ import annotations
@@ -85,7 +79,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .simd import tlanes, vtranspose
+from .simd import tlanes, vfma, vlanes, vload, vsplat, vstore, vsum, vtranspose
 
 _FLAGS = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 _SERIAL = dict(cache=True, fastmath={"reassoc", "contract"})
@@ -157,320 +151,135 @@ def store_tile_t(at, n0, m, c0, nc, a):
             a[n0 + t, c0 + c] = at[c, t]
 
 
-@numba.njit(cache=True)
-def column_blocks(Ap, Aj, block, Bp):
-    """Split every row of W at multiples of ``block`` columns.
-
-    Arguments::
-
-        Ap [C_out+1], Aj [nnz]   W's pattern, canonical CSR (sorted indices)
-        block                    columns per block, >= 1
-        Bp (C_out, nb+1)         output, nb = ceil(C_in / block): the entries of row o
-                                 with column in [k·block, (k+1)·block) are
-                                 Bp[o, k] .. Bp[o, k+1]-1; Bp[o, 0] = Ap[o], Bp[o, nb] = Ap[o+1]
-
-    The backward kernels walk W block by block, so that the rows of the transposed
-    tiles they touch at random (xt[j], dxt[j]) stay in cache. O(nnz + C_out · nb).
-    """
-    C_out = Bp.shape[0]
-    nb = Bp.shape[1] - 1
-    for o in range(C_out):
-        e = Ap[o]
-        e1 = Ap[o + 1]
-        for k in range(nb):
-            Bp[o, k] = e
-            end = (k + 1) * block
-            while e < e1 and Aj[e] < end:
-                e += 1
-        Bp[o, nb] = e1
-
-
-@numba.njit(**_SERIAL)
-def _value(Ax, P, k):
-    """Entry k's value: Ax[k], or Ax[P[k]] when values are read through a map P. With P
-    None the test is settled when Numba compiles (a None argument has its own type), so
-    the forward pays nothing for the map."""
-    if P is None:
-        return Ax[_u(k)]
-    return Ax[_u(P[_u(k)])]
-
-
 @numba.njit(**_FLAGS)
-def spmm_gather(a, Ap, Aj, Ax, P, bias, out, at_buf, ot_buf):
-    """out = a Mᵀ + bias, row by row of M (each output column gathers its inputs).
+def spmm_forward(x, Ap, Aj, Ax, bias, y, xt_buf, ot_buf):
+    """y = x Wᵀ + bias, row by row of W (each output column gathers its inputs).
 
     Arguments::
 
-        a       (N, C_src)       input, read
-        Ap      [R+1], Aj [nnz]  M's pattern (R, C_src), canonical CSR
-        Ax      [nnz]            values; P None: entry k of M is Ax[k]
-        P       [nnz] or None    with a map P: entry k of M is Ax[P[k]]
-        bias    (R,)             added to every row (zeros for none)
-        out     (N, R)           output, every element written
-        at_buf  (T, C_src, TN)   scratch, T >= numba.get_num_threads()
-        ot_buf  (T, OB, TN)      scratch: OB rows of M (outputs) at a time, 1 <= OB
+        x       (N, C_in)        input, read
+        Ap      [C_out+1], Aj [nnz], Ax [nnz]   W (C_out, C_in), canonical CSR
+        bias    (C_out,)         added to every row (zeros for none)
+        y       (N, C_out)       output, every element written
+        xt_buf  (T, C_in, TN)    scratch, T >= numba.get_num_threads(); TN a multiple of L
+        ot_buf  (T, OB, TN)      scratch: OB outputs at a time, 1 <= OB
 
-    Used two ways. Forward, M = W and P None: ``y = x Wᵀ + b``. dX of a very sparse W,
-    M = Wᵀ (:func:`refsparse.patterns.transpose_structure`) with W's values read through P
-    and zero bias: ``dx = dy W = dy (Wᵀ)ᵀ`` — there it beats :func:`spmm_dx`'s scatter,
-    which must fill and write back a whole tile of accumulators for few entries.
-
-    Per tile of TN rows: at = a[tile]ᵀ; then for each chunk of OB rows r of M,
-    ``ot[r, :] = bias[r] + Σ_{k in row r} M_k · at[Aj[k], :]`` (the sum unrolled by four
-    entries, so the accumulator row is loaded and stored once per four entries), and
-    out[tile, chunk] = otᵀ. The chunk keeps the accumulators in cache: a whole (R, TN)
-    tile of out would be 512 KB at R = 2048, more than L2.
+    Per tile of TN rows: xt = x[tile]ᵀ; then for each chunk of OB outputs o and each
+    vector slice v of the tile, ``ot[o, v] = bias[o] + Σ_{k in row o} Ax[k] · xt[Aj[k], v]``
+    (a sum held in registers), and y[tile, chunk] = otᵀ. The chunk keeps the finished
+    outputs in cache while xt stays there too.
 
     Assumes: shapes as above, canonical CSR (duplicates would be summed, which is still
-    correct; unsorted indices only cost locality). Guarantees: out[n, r] =
-    Σ_k a[n, Aj[k]] M_k + bias[r] over the entries k of row r, in a reordered
-    (vectorized) order; an empty row r gives out[:, r] = bias[r].
+    correct; unsorted indices only cost locality). Guarantees: y[n, o] =
+    Σ_k x[n, Aj[k]] Ax[k] + bias[o] over the entries k of row o, in a reordered
+    (vectorized) order; an empty row o gives y[:, o] = bias[o].
 
-    Complexity: 2 · nnz · N flops; O(N · (C_src + R)) transposes.
-    NumPy twin: ``linear_forward(a, M.toarray(), bias)``.
+    Complexity: 2 · nnz · N flops; O(N · (C_in + C_out)) transposes.
+    NumPy twin: ``linear_forward(x, W.toarray(), bias)``.
     """
-    N = a.shape[0]
-    C_src = a.shape[1]
-    R = Ap.size - 1
-    TN = at_buf.shape[2]
+    N = x.shape[0]
+    C_in = x.shape[1]
+    C_out = Ap.size - 1
+    TN = xt_buf.shape[2]
     OB = ot_buf.shape[1]
+    L = vlanes(xt_buf)  # TN is a multiple of L
     for tile in numba.prange((N + TN - 1) // TN):
         tid = numba.get_thread_id()
-        at = at_buf[tid]  # (C_src, TN)
+        xt = xt_buf[tid]  # (C_in, TN)
         ot = ot_buf[tid]  # (OB, TN)
         n0 = tile * TN
         m = min(TN, N - n0)
-        _load_tile_t(a, n0, m, 0, C_src, at)
-        for c0 in range(0, R, OB):
-            nc = min(OB, R - c0)
-            for q in range(nc):
-                r = c0 + q
-                acc = ot[q]  # (TN,) the accumulator, then out[n0:n0+m, r]
-                br = bias[r]
-                for t in range(TN):
-                    acc[t] = br
-                e0 = Ap[r]
-                aj = Aj[e0:Ap[r + 1]]  # the row's column ids as a slice: indices from range()
-                n = aj.size  # are provably >= 0, which keeps the loops lean
-                for g in range(n // 4):
-                    k = 4 * g
-                    w0, w1 = _value(Ax, P, e0 + k), _value(Ax, P, e0 + k + 1)
-                    w2, w3 = _value(Ax, P, e0 + k + 2), _value(Ax, P, e0 + k + 3)
-                    x0, x1 = at[_u(aj[k])], at[_u(aj[k + 1])]
-                    x2, x3 = at[_u(aj[k + 2])], at[_u(aj[k + 3])]
-                    for t in range(TN):
-                        acc[t] += w0 * x0[t] + w1 * x1[t] + w2 * x2[t] + w3 * x3[t]
-                for k in range(n - n % 4, n):
-                    w0 = _value(Ax, P, e0 + k)
-                    x0 = at[_u(aj[k])]
-                    for t in range(TN):
-                        acc[t] += w0 * x0[t]
-            store_tile_t(ot, n0, m, c0, nc, out)
-
-
-# ----------------------------------------------------------------------------------
-# backward pieces: dX = dY W,  dW = (dYᵀ X) on the pattern,  and both fused
-# ----------------------------------------------------------------------------------
-@numba.njit(**_SERIAL)
-def _dw_row(g, xt, aj, dw):
-    """dw[k] += g · xt[aj[k], :] for every k: four dot products per pass over g.
-
-    g (TN,) one row of gt; aj, dw: one row's (or segment's) column ids and dW slots.
-    """
-    TN = g.size
-    zero = g.dtype.type(0)
-    n = aj.size
-    for q in range(n // 4):
-        k = 4 * q
-        r0, r1 = xt[_u(aj[k])], xt[_u(aj[k + 1])]
-        r2, r3 = xt[_u(aj[k + 2])], xt[_u(aj[k + 3])]
-        s0 = zero
-        s1 = zero
-        s2 = zero
-        s3 = zero
-        for t in range(TN):
-            gv = g[t]
-            s0 += gv * r0[t]
-            s1 += gv * r1[t]
-            s2 += gv * r2[t]
-            s3 += gv * r3[t]
-        dw[k] += s0
-        dw[k + 1] += s1
-        dw[k + 2] += s2
-        dw[k + 3] += s3
-    for k in range(n - n % 4, n):
-        r0 = xt[_u(aj[k])]
-        s0 = zero
-        for t in range(TN):
-            s0 += g[t] * r0[t]
-        dw[k] += s0
-
-
-@numba.njit(**_SERIAL)
-def _dx_row(g, dxt, aj, ax):
-    """dxt[aj[k], :] += ax[k] · g for every k: the scatter of one row (or segment) of W."""
-    TN = g.size
-    for k in range(aj.size):
-        d = dxt[_u(aj[k])]
-        w = ax[k]
-        for t in range(TN):
-            d[t] += w * g[t]
-
-
-@numba.njit(**_FLAGS)
-def spmm_dx(dy, Bp, Aj, Ax, dx, gt_buf, dxt_buf):
-    """dx = dy W with the same CSR as the forward (no transposed copy of W).
-
-    Arguments::
-
-        dy       (N, C_out)       upstream gradient, read
-        Bp       (C_out, nb+1)    W's rows split into column blocks (:func:`column_blocks`)
-        Aj, Ax                    W (C_out, C_in), canonical CSR
-        dx       (N, C_in)        output, every element written
-        gt_buf   (T, OB, TN)      scratch: OB rows of W at a time
-        dxt_buf  (T, C_in, TN)    scratch
-
-    dx[n, j] = Σ_o dy[n, o] W[o, j]. Per tile: dxt = 0; for each chunk of OB rows of W,
-    gt = dy[tile, chunk]ᵀ, then for each stored entry e = (o, j) of the chunk:
-    ``dxt[j, :] += Ax[e] · gt[o, :]`` (a scatter over the rows of dxt, which belong to
-    this thread alone; block by block of columns, so that the rows hit stay in cache);
-    dx[tile] = dxtᵀ. A column of W with no entry gives dx[:, j] = 0.
-
-    Complexity: 2 · nnz · N flops. NumPy twin: ``dy @ W.toarray()`` (linear_backward).
-    """
-    N = dy.shape[0]
-    C_out = Bp.shape[0]
-    nb = Bp.shape[1] - 1
-    C_in = dx.shape[1]
-    TN = gt_buf.shape[2]
-    OB = gt_buf.shape[1]
-    zero = dy.dtype.type(0)
-    for tile in numba.prange((N + TN - 1) // TN):
-        tid = numba.get_thread_id()
-        gt = gt_buf[tid]  # (OB, TN)
-        dxt = dxt_buf[tid]  # (C_in, TN)
-        n0 = tile * TN
-        m = min(TN, N - n0)
-        for j in range(C_in):
-            for t in range(TN):
-                dxt[j, t] = zero
-        for o0 in range(0, C_out, OB):
-            nc = min(OB, C_out - o0)
-            _load_tile_t(dy, n0, m, o0, nc, gt)
-            for k in range(nb):
-                for r in range(nc):
-                    e0, e1 = Bp[o0 + r, k], Bp[o0 + r, k + 1]
-                    if e0 < e1:
-                        _dx_row(gt[r], dxt, Aj[e0:e1], Ax[e0:e1])
-        store_tile_t(dxt, n0, m, 0, C_in, dx)
-
-
-@numba.njit(**_FLAGS)
-def sddmm_dw(dy, x, Bp, Aj, dw_part, gt_buf, xt_buf):
-    """dW on the pattern only (SDDMM): dw_part[tid, e] += Σ_n dy[n, o] x[n, j], e = (o, j).
-
-    Arguments::
-
-        dy       (N, C_out)       upstream gradient, read
-        x        (N, C_in)        the forward's input, read
-        Bp       (C_out, nb+1)    W's rows split into column blocks (:func:`column_blocks`)
-        Aj                        W's column ids (C_out, C_in), canonical CSR
-        dw_part  (T, nnz)         per-thread partial sums, zeroed by the caller;
-                                  dW = dw_part.sum(axis=0), aligned with Ax
-        gt_buf   (T, OB, TN)      scratch: OB rows of W at a time
-        xt_buf   (T, C_in, TN)    scratch
-
-    The dense gradient would be dyᵀ x (C_out, C_in); only its values at stored entries
-    are computed, one dot product of length TN per entry per tile, four entries of a
-    row at a time (one pass over gt[o] feeds four dots).
-
-    Complexity: 2 · nnz · N flops; no (C_out, C_in) temporary.
-    NumPy twin: ``(dy.T @ x)[rows, Aj]`` — linear_backward's dW at the stored entries.
-    """
-    N = dy.shape[0]
-    C_out = Bp.shape[0]
-    nb = Bp.shape[1] - 1
-    C_in = x.shape[1]
-    TN = gt_buf.shape[2]
-    OB = gt_buf.shape[1]
-    for tile in numba.prange((N + TN - 1) // TN):
-        tid = numba.get_thread_id()
-        gt = gt_buf[tid]  # (OB, TN)
-        xt = xt_buf[tid]  # (C_in, TN)
-        dwp = dw_part[tid]  # (nnz,)
-        n0 = tile * TN
-        m = min(TN, N - n0)
         _load_tile_t(x, n0, m, 0, C_in, xt)
-        for o0 in range(0, C_out, OB):
-            nc = min(OB, C_out - o0)
-            _load_tile_t(dy, n0, m, o0, nc, gt)
-            for k in range(nb):
-                for r in range(nc):
-                    e0, e1 = Bp[o0 + r, k], Bp[o0 + r, k + 1]
-                    if e0 < e1:
-                        _dw_row(gt[r], xt, Aj[e0:e1], dwp[e0:e1])
+        for c0 in range(0, C_out, OB):
+            nc = min(OB, C_out - c0)
+            for q in range(nc):
+                e0 = Ap[c0 + q]
+                aj = Aj[e0:Ap[c0 + q + 1]]  # the row's column ids as a slice: indices from range()
+                for v in range(0, TN, L):  # are provably >= 0, which keeps the loop lean
+                    acc = vsplat(bias[c0 + q])  # (L,) y[n0+v : n0+v+L, c0+q], in registers
+                    for k in range(aj.size):
+                        acc = vfma(vsplat(Ax[_u(e0 + k)]), vload(xt[_u(aj[k])], v), acc)
+                    vstore(ot[q], v, acc)
+            store_tile_t(ot, n0, m, c0, nc, y)
 
 
 @numba.njit(**_FLAGS)
-def spmm_backward(dy, x, Bp, Aj, Ax, dx, dw_part, db_part, gt_buf, xt_buf, dxt_buf):
-    """dX, dW (on the pattern) and db in one pass over the batch: spmm_dx + sddmm_dw fused.
+def spmm_backward(dy, x, Tp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_buf):
+    """dX, dW (on the pattern) and db in one pass, along the rows of Wᵀ (gathers only).
 
     Arguments::
 
         dy       (N, C_out)       upstream gradient, read once
-        x        (N, C_in)        the forward's input, read once
-        Bp       (C_out, nb+1)    W's rows split into column blocks (:func:`column_blocks`;
-                                  nb = 1 and Bp[:, 0] = Ap[:-1], Bp[:, 1] = Ap[1:] for none)
-        Aj, Ax                    W (C_out, C_in), canonical CSR
-        dx       (N, C_in)        output, every element written
-        dw_part  (T, nnz)         per-thread partial dW, zeroed by the caller
-        db_part  (T, C_out)       per-thread partial db = Σ_n dy[n, :], zeroed by the caller
-        gt_buf   (T, OB, TN), xt_buf (T, C_in, TN), dxt_buf (T, C_in, TN)   scratch;
-                                  gt holds OB rows of W at a time
+        x        (N, C_in)        the forward's input, read once (None with dw_part None)
+        Tp       [C_in+1]         Wᵀ's pattern (:func:`refsparse.patterns.transpose_structure`):
+        Tj       [nnz]            row j of Wᵀ lists the o with (o, j) stored in W, sorted
+        At       [nnz]            W's values in Wᵀ's order (weight.data[perm])
+        dx       (N, C_in)        output, every element written; None: no dX
+        dw_part  (T, nnz)         per-thread partial dW in Wᵀ's order, zeroed by the caller
+                                  (dW[perm] = dw_part.sum(axis=0)); None: no dW
+        db_part  (T, C_out)       per-thread partial db = Σ_n dy[n, :], zeroed by the
+                                  caller; None: no db
+        gt_buf   (T, C_out, TN)   scratch: the whole tile of dy, transposed
+        xt_buf, dxt_buf (T, CB, TN)   scratch: CB columns of x and of dx at a time
 
-    Sharing the transposed tiles gt and xt between the two products saves one transpose
-    of dy and of x per step. Per tile, for each chunk of OB rows of W (gt = dy[tile,
-    chunk]ᵀ, kept in cache), for each column block k and each row o of the chunk: the
-    dots for dW (read-only on xt), then the scatter into dxt for dX — both touch only
-    the rows of xt and dxt inside block k, which stay in cache while gt streams by.
+    Per tile of TN rows: gt = dy[tile]ᵀ, kept in cache for the whole tile; then for each
+    chunk of CB input columns (xt = x[tile, chunk]ᵀ), for each column j of the chunk and
+    each vector slice v of the tile, over the entries k of row j of Wᵀ (o = Tj[k]):
+
+        dxt[j, v] = Σ_k At[k] · gt[o, v]          (a sum held in registers)
+        dw[k]    += vsum(gt[o, v] · xt[j, v])      (x's slice held in registers)
+
+    and dx[tile, chunk] = dxtᵀ. Both products read gt[o] once per entry; nothing is
+    scattered, so each entry costs one vector load from the cached gt besides its two
+    FMAs. The price: gt holds all C_out rows of a tile (at C_out = 2048, TN = 64 float32:
+    512 KB, in L2). A None output is not computed (Numba compiles the call without its
+    branch), so the same kernel gives dX alone and dW alone.
 
     Complexity: 4 · nnz · N flops. NumPy twin: ``linear_backward`` with W.toarray(), its
     dW read at the stored entries.
     """
     N = dy.shape[0]
-    C_out = Bp.shape[0]
-    nb = Bp.shape[1] - 1
-    C_in = dx.shape[1]
+    C_out = dy.shape[1]
+    C_in = Tp.size - 1
     TN = gt_buf.shape[2]
-    OB = gt_buf.shape[1]
-    zero = dy.dtype.type(0)
+    CB = xt_buf.shape[1]
+    L = vlanes(gt_buf)  # TN is a multiple of L
+    zero = vsplat(dy.dtype.type(0))
+    one = vsplat(dy.dtype.type(1))
     for tile in numba.prange((N + TN - 1) // TN):
         tid = numba.get_thread_id()
-        gt = gt_buf[tid]  # (OB, TN)
-        xt = xt_buf[tid]  # (C_in, TN)
-        dxt = dxt_buf[tid]  # (C_in, TN)
-        dwp = dw_part[tid]  # (nnz,)
-        dbp = db_part[tid]  # (C_out,)
+        gt = gt_buf[tid]  # (C_out, TN)
+        xt = xt_buf[tid]  # (CB, TN)
+        dxt = dxt_buf[tid]  # (CB, TN)
         n0 = tile * TN
         m = min(TN, N - n0)
-        _load_tile_t(x, n0, m, 0, C_in, xt)
-        for j in range(C_in):
-            for t in range(TN):
-                dxt[j, t] = zero
-        for o0 in range(0, C_out, OB):
-            nc = min(OB, C_out - o0)
-            _load_tile_t(dy, n0, m, o0, nc, gt)
-            for r in range(nc):  # db: the tile's partial sum, in vector lanes (padding adds 0)
+        _load_tile_t(dy, n0, m, 0, C_out, gt)
+        if db_part is not None:  # the tile's column sums, in vector lanes (padding adds 0)
+            dbp = db_part[tid]
+            for o in range(C_out):
                 s = zero
-                for t in range(TN):
-                    s += gt[r, t]
-                dbp[o0 + r] += s
-            for k in range(nb):
-                for r in range(nc):
-                    e0 = Bp[o0 + r, k]
-                    e1 = Bp[o0 + r, k + 1]
-                    if e0 < e1:
-                        g = gt[r]  # (TN,) dy[n0:n0+TN, o0 + r]
-                        _dw_row(g, xt, Aj[e0:e1], dwp[e0:e1])
-                        _dx_row(g, dxt, Aj[e0:e1], Ax[e0:e1])
-        store_tile_t(dxt, n0, m, 0, C_in, dx)
+                for v in range(0, TN, L):
+                    s = vfma(one, vload(gt[o], v), s)  # s + gt[o, v:v+L], exactly
+                dbp[o] += vsum(s)
+        for c0 in range(0, C_in, CB):
+            nc = min(CB, C_in - c0)
+            if dw_part is not None:
+                _load_tile_t(x, n0, m, c0, nc, xt)
+            for q in range(nc):
+                k0 = Tp[c0 + q]
+                oj = Tj[k0:Tp[c0 + q + 1]]  # (entries of row c0+q of Wᵀ,) output ids o
+                for v in range(0, TN, L):
+                    acc = zero  # (L,) dx[n0+v : n0+v+L, c0+q], in registers
+                    xv = zero  # (L,) x[n0+v : n0+v+L, c0+q], in registers
+                    if dw_part is not None:
+                        xv = vload(xt[q], v)
+                    for k in range(oj.size):
+                        gv = vload(gt[_u(oj[k])], v)  # (L,) dy[n0+v : n0+v+L, o]
+                        if dx is not None:
+                            acc = vfma(vsplat(At[_u(k0 + k)]), gv, acc)
+                        if dw_part is not None:
+                            dw_part[tid, _u(k0 + k)] += vsum(vfma(gv, xv, zero))
+                    if dx is not None:
+                        vstore(dxt[q], v, acc)
+            if dx is not None:
+                store_tile_t(dxt, n0, m, c0, nc, dx)
