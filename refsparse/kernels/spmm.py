@@ -100,7 +100,7 @@ def _load_tile_t(a, n0, m, c0, nc, at):
     """at[c, t] = a[n0 + t, c0 + c] for c < nc and t < m, and 0 for m <= t < TN.
 
     a (N, C) row-major; at (>= nc, TN) a scratch slice: the columns c0 … c0+nc-1 of
-    the rows n0 … n0+m-1, transposed. Works in K × K blocks (K = 8 float32, 4 float64),
+    the rows n0 … n0+m-1, transposed. Works in K × K blocks (K = tlanes: one vector register),
     each moved through registers by :func:`~refsparse.kernels.simd.vtranspose`: K vector
     loads from K rows of a, K vector stores into K rows of at. Number by number, the
     same move ran 2.4× slower at C = 2048 (and an earlier row-by-row version slower still).
