@@ -195,7 +195,7 @@ def _unpack(dy, cache):
 def _backward(dy, cache, want_dx, want_dw, want_db):
     """The kernel call behind the three backward functions: (dx2, dweight, dbias), each
     None when not wanted. dW comes out in Wᵀ's order and is put back in W's here."""
-    x2, weight, x_shape, has_bias, dy2 = _unpack(dy, cache)
+    x2, weight, _, has_bias, dy2 = _unpack(dy, cache)
     c_out, c_in = weight.shape
     n, dtype = x2.shape[0], x2.dtype
     t_indptr, t_indices, perm = _transpose(weight)
