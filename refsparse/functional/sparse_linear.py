@@ -89,16 +89,16 @@ def check_sparse_weight(name, weight):
 ROW_BYTES = 256
 
 
-def tile_rows(n_rows, dtype, row_bytes=ROW_BYTES):
+def tile_rows(n_rows, dtype):
     """Rows per batch tile of the kernels (the scratch buffers' last axis).
 
-    ``row_bytes`` per row of a transposed tile (ROW_BYTES). Always a
-    multiple of L, the numbers in one vector (:data:`refsparse.kernels.simd.VECTOR_BYTES`),
-    since the kernels' loops run over whole vectors; small batches get smaller tiles
-    (enough for every thread to get one), down to one vector.
+    ROW_BYTES per row of a transposed tile, always a multiple of L, the numbers in one
+    vector (:data:`refsparse.kernels.simd.VECTOR_BYTES`), since the kernels' loops run
+    over whole vectors; small batches get smaller tiles (enough for every thread to get
+    one), down to one vector.
     """
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize  # L
-    full = lanes * max(1, int(row_bytes) // VECTOR_BYTES)
+    full = lanes * max(1, ROW_BYTES // VECTOR_BYTES)
     threads = numba.get_num_threads()
     per_thread = -(-max(int(n_rows), 1) // threads)  # ceil
     return int(min(full, lanes * -(-per_thread // lanes)))

@@ -5,13 +5,14 @@ where VECTOR_BYTES is a quarter of the vector register file of the CPU Numba com
 (see :func:`vector_bytes`): 256 bytes with AVX-512 — 64 float32 or 32 float64, four
 512-bit registers — and 64 bytes otherwise — 16 float32 or 8 float64, one cache line, two
 AVX2 registers. A tile of four vectors (the kernels' 4 rows) then holds half the register
-file, and the other half is left for the operands. Five operations:
+file, and the other half is left for the operands. Six operations:
 
     vlanes(a)          L for a's dtype (a an array)
     vload(a, i)        a[i : i+L]                      a 1-D C-contiguous, i + L <= a.size
     vstore(a, i, x)    a[i : i+L] = x
     vsplat(s)          [s, s, …, s]  (L copies of the scalar s)
     vfma(x, y, z)      x * y + z, lane by lane (fused where the CPU has FMA)
+    vsum(x)            x's L lanes added in halves: x[:L/2] + x[L/2:], again, … to one number
 
 and one that moves a square block of numbers, transposed, through registers:
 
