@@ -154,6 +154,47 @@ def test_chunked_rows_of_w_equal_twin(problem):
         check_against_twin(*problem, np.float64)
 
 
+@given(problems(max_n=200, max_features=70))
+def test_column_blocked_forward_equals_twin(problem):
+    """The forward with its rows split at every column block it can get (blocks of as
+    few as one input, empty blocks and empty rows included) is still the twin."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SL, "BLOCK_BYTES", 1)  # as many blocks as columns …
+        mp.setattr(SL, "MIN_BLOCK_ENTRIES", 0)  # … whatever the rows hold
+        mp.setattr(SL, "CHUNK_BYTES", 1)
+        check_against_twin(*problem, np.float64)
+
+
+def test_column_blocks_follow_the_tile_and_the_rows():
+    rng = np.random.default_rng(5)
+    w = csr_from_mask(rng.random((64, 512)) < 0.5, rng.standard_normal((64, 512)))  # ~256 per row
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SL, "BLOCK_BYTES", 32 * 1024)
+        mp.setattr(SL, "MIN_BLOCK_ENTRIES", 16)
+        assert SL.column_blocks(w, 64, np.float32) == 4  # 512 · 64 · 4 bytes = 4 blocks of 32 KB
+        assert SL.column_blocks(w, 64, np.float64) == 8
+        mp.setattr(SL, "MIN_BLOCK_ENTRIES", 100)  # 256 per row affords only 2 blocks of 100
+        assert SL.column_blocks(w, 64, np.float32) == 2
+    empty = csr_from_mask(np.zeros((4, 512), bool), np.zeros((4, 512)))
+    assert SL.column_blocks(empty, 64, np.float32) == 1
+
+
+@pytest.mark.parametrize("nb", [1, 2, 3, 7])
+def test_row_block_pointers_split_each_row_at_the_block_edges(nb):
+    rng = np.random.default_rng(6)
+    mask = rng.random((11, 20)) < 0.4
+    mask[3] = False
+    w = csr_from_mask(mask, rng.standard_normal((11, 20)))
+    bp = SL.row_block_pointers(w, nb)
+    xb = -(-20 // nb)
+    assert bp.shape == (11, nb + 1)
+    for o in range(11):
+        for b in range(nb + 1):  # by definition: the first entry of row o with column >= xb · b
+            cols = w.indices[w.indptr[o]:w.indptr[o + 1]]
+            assert bp[o, b] == w.indptr[o] + np.count_nonzero(cols < xb * b)
+    assert SL.row_block_pointers(w, nb) is bp  # built once per pattern and block count
+
+
 def test_transpose_structure_is_scipys_transpose_with_a_map_into_w():
     rng = np.random.default_rng(3)
     mask = rng.random((9, 13)) < 0.3

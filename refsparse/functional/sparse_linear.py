@@ -47,6 +47,8 @@ from ._common import check_upstream
 __all__ = [
     "SparseLinearCache",
     "check_sparse_weight",
+    "column_blocks",
+    "row_block_pointers",
     "sparse_linear_backward",
     "sparse_linear_dw",
     "sparse_linear_dx",
@@ -141,6 +143,46 @@ def _scratch(rows, tn, dtype):
     return np.empty((numba.get_num_threads(), rows, tn), dtype=dtype)
 
 
+# The forward's column blocks (:func:`refsparse.kernels.spmm.spmm_forward`): XB rows of
+# the transposed input tile, at most BLOCK_BYTES, stay in the L1 cache (48 KB on the
+# Xeon, 32 KB on the AMD machine these kernels were tuned on) while the sums read them,
+# and a row of W is split into blocks only while its blocks average at least
+# MIN_BLOCK_ENTRIES entries, since each block costs one more load and store of the row's
+# sum.
+BLOCK_BYTES = 32 * 1024
+MIN_BLOCK_ENTRIES = 16
+
+
+def column_blocks(weight, tn, dtype):
+    """NB, the number of column blocks for the forward: enough that XB = ⌈C_in / NB⌉
+    rows of the (C_in, TN) tile take at most BLOCK_BYTES, but no more than leave
+    MIN_BLOCK_ENTRIES entries per row and block on average; at least 1."""
+    c_out, c_in = weight.shape
+    tile_bytes = c_in * tn * np.dtype(dtype).itemsize
+    wanted = -(-tile_bytes // BLOCK_BYTES)  # ceil
+    affordable = weight.nnz // max(c_out * MIN_BLOCK_ENTRIES, 1)
+    return int(max(1, min(wanted, affordable, c_in)))
+
+
+def row_block_pointers(weight, nb):
+    """(C_out, NB+1) row pointers of W split at NB column blocks of XB = ⌈C_in / NB⌉:
+    ``Bp[o, b]`` is the first entry of row o with column >= XB·b (so Bp[:, 0] = Ap[:-1]
+    and Bp[:, NB] = Ap[1:]). O(nnz), built once per pattern and block count, and cached
+    on the weight as the transpose is."""
+    def build(w):
+        c_out, c_in = w.shape
+        xb = -(-c_in // nb)
+        rows = np.repeat(np.arange(c_out), np.diff(w.indptr))  # (nnz,) the row of each entry
+        counts = np.bincount(rows * nb + w.indices // xb, minlength=c_out * nb).reshape(c_out, nb)
+        bp = np.empty((c_out, nb + 1), dtype=w.indptr.dtype)  # (C_out, NB+1)
+        bp[:, 0] = w.indptr[:-1]
+        np.cumsum(counts, axis=1, out=bp[:, 1:])
+        bp[:, 1:] += w.indptr[:-1, None]
+        return bp
+
+    return _cached(weight, f"_refsparse_blocks_{nb}", build)
+
+
 def _check_forward_inputs(x, weight, bias):
     check_float("x", x, min_ndim=1)
     check_sparse_weight("weight", weight)
@@ -178,7 +220,8 @@ def sparse_linear_forward(x, weight, bias=None):
     b = bias if bias is not None else np.zeros(c_out, dtype=x.dtype)
     tn = tile_rows(n, x.dtype)
     y2 = np.empty((n, c_out), dtype=x.dtype)  # (N, C_out)
-    spmm_forward(x2, weight.indptr, weight.indices, weight.data, np.ascontiguousarray(b), y2,
+    bp = row_block_pointers(weight, column_blocks(weight, tn, x.dtype))  # (C_out, NB+1)
+    spmm_forward(x2, bp, weight.indices, weight.data, np.ascontiguousarray(b), y2,
                  _scratch(c_in, tn, x.dtype), _scratch(chunk_rows(c_out, tn, x.dtype), tn, x.dtype))
     y = y2.reshape(*x.shape[:-1], c_out)  # (..., C_out)
     return y, SparseLinearCache(x2, weight, x.shape, bias is not None)

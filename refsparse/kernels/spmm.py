@@ -58,9 +58,11 @@ of ``dw_part`` (T, nnz) and ``db_part`` (T, C_out), which the caller zeroes befo
 sums after (an O(T · nnz) reduction, no atomics). With numba's static schedule the
 tiles a thread gets — hence the summation order — depend only on N, TN and T.
 
-**Chunks.** The side that is not read at random streams through in chunks: the forward
-finishes OB outputs at a time (ot, then stored transposed into y), the backward CB input
-columns at a time (xt and dxt), so that the chunk and the cached tile share the cache.
+**Chunks and blocks.** The side that is not read at random streams through in chunks:
+the forward finishes OB outputs at a time (ot, then stored transposed into y), the
+backward CB input columns at a time (xt and dxt), so that the chunk and the cached tile
+share the cache. The forward also reads its tile xt in column blocks that fit the L1
+cache, each row of W split at the block edges (``Bp``); see :func:`spmm_forward`.
 
 **Tail tile.** The last tile may hold m < TN rows; its transposed buffers are zero-padded
 to TN so that the vector loops always run over TN lanes (padding contributes 0 to the dot
@@ -71,7 +73,8 @@ the dense masked weight ``W.toarray()`` — the tests hold every kernel here to 
 
 Cost, per product: 2 · nnz · N flops, plus O(N · (C_in + C_out)) for the transposes.
 Memory besides inputs and outputs: the scratch buffers, T · TN · (C_in + OB) forward and
-T · TN · (C_out + 2 CB) backward, plus ``dw_part`` (T, nnz).
+T · TN · (C_out + 2 CB) backward, plus ``dw_part`` (T, nnz) and the forward's block
+pointers (C_out, NB+1).
 """
 
 from __future__ import annotations
@@ -152,34 +155,47 @@ def store_tile_t(at, n0, m, c0, nc, a):
 
 
 @numba.njit(**_FLAGS)
-def spmm_forward(x, Ap, Aj, Ax, bias, y, xt_buf, ot_buf):
+def spmm_forward(x, Bp, Aj, Ax, bias, y, xt_buf, ot_buf):
     """y = x Wᵀ + bias, row by row of W (each output column gathers its inputs).
 
     Arguments::
 
         x       (N, C_in)        input, read
-        Ap      [C_out+1], Aj [nnz], Ax [nnz]   W (C_out, C_in), canonical CSR
+        Bp      (C_out, NB+1)    W's row pointers split at NB column blocks of XB inputs:
+                                 row o's entries with XB·b <= j < XB·(b+1) are
+                                 Bp[o, b] … Bp[o, b+1]-1, so Bp[:, 0] = Ap[:-1] and
+                                 Bp[:, NB] = Ap[1:]; built by
+                                 :func:`refsparse.functional.sparse_linear.row_block_pointers`)
+        Aj [nnz], Ax [nnz]       W (C_out, C_in), canonical CSR
         bias    (C_out,)         added to every row (zeros for none)
         y       (N, C_out)       output, every element written
         xt_buf  (T, C_in, TN)    scratch, T >= numba.get_num_threads(); TN a multiple of L
         ot_buf  (T, OB, TN)      scratch: OB outputs at a time, 1 <= OB
 
-    Per tile of TN rows: xt = x[tile]ᵀ; then for each chunk of OB outputs o and each
-    vector slice v of the tile, ``ot[o, v] = bias[o] + Σ_{k in row o} Ax[k] · xt[Aj[k], v]``
-    (a sum held in registers), and y[tile, chunk] = otᵀ. The chunk keeps the finished
-    outputs in cache while xt stays there too.
+    Per tile of TN rows: xt = x[tile]ᵀ; then for each chunk of OB outputs o, each column
+    block b and each vector slice v of the tile,
+    ``ot[o, v] (+)= Σ_{k in row o, block b} Ax[k] · xt[Aj[k], v]`` (a sum held in
+    registers, started from bias[o] in block 0), and y[tile, chunk] = otᵀ.
+
+    Why column blocks: the sums read rows of xt at random, and all of xt (C_in × TN) is
+    more than the L1 cache holds once C_in > 128 (float32, TN = 64). Block b's XB rows of
+    xt do fit, and every output of the chunk reads them before the next block's come in;
+    the price is one load and store of ot[o] per block, so the caller splits rows into
+    blocks only where each (row, block) holds several entries. With NB = 1 this is the
+    plain row-by-row gather.
 
     Assumes: shapes as above, canonical CSR (duplicates would be summed, which is still
-    correct; unsorted indices only cost locality). Guarantees: y[n, o] =
+    correct; unsorted indices would break the column blocks). Guarantees: y[n, o] =
     Σ_k x[n, Aj[k]] Ax[k] + bias[o] over the entries k of row o, in a reordered
     (vectorized) order; an empty row o gives y[:, o] = bias[o].
 
-    Complexity: 2 · nnz · N flops; O(N · (C_in + C_out)) transposes.
+    Complexity: 2 · nnz · N flops; O(N · (C_in + C_out · NB)) loads and stores.
     NumPy twin: ``linear_forward(x, W.toarray(), bias)``.
     """
     N = x.shape[0]
     C_in = x.shape[1]
-    C_out = Ap.size - 1
+    C_out = Bp.shape[0]
+    NB = Bp.shape[1] - 1
     TN = xt_buf.shape[2]
     OB = ot_buf.shape[1]
     L = vlanes(xt_buf)  # TN is a multiple of L
@@ -192,14 +208,18 @@ def spmm_forward(x, Ap, Aj, Ax, bias, y, xt_buf, ot_buf):
         _load_tile_t(x, n0, m, 0, C_in, xt)
         for c0 in range(0, C_out, OB):
             nc = min(OB, C_out - c0)
-            for q in range(nc):
-                e0 = Ap[c0 + q]
-                aj = Aj[e0:Ap[c0 + q + 1]]  # the row's column ids as a slice: indices from range()
-                for v in range(0, TN, L):  # are provably >= 0, which keeps the loop lean
-                    acc = vsplat(bias[c0 + q])  # (L,) y[n0+v : n0+v+L, c0+q], in registers
-                    for k in range(aj.size):
-                        acc = vfma(vsplat(Ax[_u(e0 + k)]), vload(xt[_u(aj[k])], v), acc)
-                    vstore(ot[q], v, acc)
+            for b in range(NB):
+                for q in range(nc):
+                    e0 = Bp[c0 + q, b]
+                    aj = Aj[e0:Bp[c0 + q, b + 1]]  # the block's column ids as a slice: indices from
+                    for v in range(0, TN, L):  # range() are provably >= 0, which keeps the loop lean
+                        if b == 0:
+                            acc = vsplat(bias[c0 + q])  # (L,) y[n0+v : n0+v+L, c0+q], in registers
+                        else:
+                            acc = vload(ot[q], v)
+                        for k in range(aj.size):
+                            acc = vfma(vsplat(Ax[_u(e0 + k)]), vload(xt[_u(aj[k])], v), acc)
+                        vstore(ot[q], v, acc)
             store_tile_t(ot, n0, m, c0, nc, y)
 
 
