@@ -29,6 +29,7 @@ from refsparse.functional.sparse_linear import (
     sparse_linear_forward,
 )
 from refsparse.gradcheck import check_module, check_op
+from refsparse.kernels.simd import VECTOR_BYTES
 from refsparse.nn.layers import Linear
 from refsparse.nn.sparse import SparseLinear, random_pattern
 from refsparse.optim import AdamW
@@ -152,6 +153,26 @@ def test_chunked_rows_of_w_equal_twin(problem):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SL, "CHUNK_BYTES", 1)  # the minimum chunk, 8 rows: up to 9 chunks of outputs / inputs
         check_against_twin(*problem, np.float64)
+
+
+@pytest.mark.parametrize("pair_min", [0, 10**9])
+@given(problem=problems(max_n=200, max_features=70))
+def test_backward_by_pairs_of_vectors_or_single_ones_equals_twin(pair_min, problem):
+    """The backward's tile walked two vectors at a time (with a single one left over in
+    small tiles of an odd number of vectors) or one at a time: both are the twin."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SL, "PAIR_MIN_ENTRIES", pair_min)
+        check_against_twin(*problem, np.float64)
+
+
+def test_backward_tiles_take_pairs_where_w_has_the_entries():
+    rng = np.random.default_rng(7)
+    lanes = VECTOR_BYTES // 4
+    dense = csr_from_mask(rng.random((64, 96)) < 0.5, rng.standard_normal((64, 96)))  # ~3072 ≥ 8 · 160
+    thin = csr_from_mask(rng.random((64, 96)) < 0.05, rng.standard_normal((64, 96)))  # ~307 < 8 · 160
+    for n in [1, 100, 4096]:
+        assert SL.backward_tile_rows(n, dense, np.float32) % (2 * lanes) == 0
+        assert SL.backward_tile_rows(n, thin, np.float32) == SL.tile_rows(n, np.float32)
 
 
 @given(problems(max_n=200, max_features=70))

@@ -46,6 +46,7 @@ from ._common import check_upstream
 
 __all__ = [
     "SparseLinearCache",
+    "backward_tile_rows",
     "check_sparse_weight",
     "column_blocks",
     "row_block_pointers",
@@ -91,19 +92,37 @@ def check_sparse_weight(name, weight):
 ROW_BYTES = 256
 
 
-def tile_rows(n_rows, dtype):
+def tile_rows(n_rows, dtype, vectors=1):
     """Rows per batch tile of the kernels (the scratch buffers' last axis).
 
-    ROW_BYTES per row of a transposed tile, always a multiple of L, the numbers in one
-    vector (:data:`refsparse.kernels.simd.VECTOR_BYTES`), since the kernels' loops run
-    over whole vectors; small batches get smaller tiles (enough for every thread to get
-    one), down to one vector.
+    At least ROW_BYTES per row of a transposed tile, and always a multiple of
+    ``vectors`` · L, L the numbers in one vector
+    (:data:`refsparse.kernels.simd.VECTOR_BYTES`), since the kernels' loops run over
+    whole vectors (the backward's over pairs of them where it can); small batches get
+    smaller tiles (enough for every thread to get one), down to ``vectors`` vectors.
     """
-    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize  # L
-    full = lanes * max(1, ROW_BYTES // VECTOR_BYTES)
+    unit = vectors * (VECTOR_BYTES // np.dtype(dtype).itemsize)  # vectors · L
+    full = unit * max(1, -(-ROW_BYTES // (vectors * VECTOR_BYTES)))
     threads = numba.get_num_threads()
     per_thread = -(-max(int(n_rows), 1) // threads)  # ceil
-    return int(min(full, lanes * -(-per_thread // lanes)))
+    return int(min(full, unit * -(-per_thread // unit)))
+
+
+# The backward walks its tile two vectors at a time, so that each stored entry's dW gets
+# one lane sum (vsum) per 2L rows instead of per L: with 256-byte vectors (AVX-512) that
+# doubles its tile to 128 float32 rows. It pays where W has at least PAIR_MIN_ENTRIES
+# entries per input and output feature; below that the tile's copies, not the entries,
+# take the time, and the wider tile measured 1.1–1.2× slower (99% sparsity, both shapes
+# of bench/sparse_linear.py).
+PAIR_MIN_ENTRIES = 8
+
+
+def backward_tile_rows(n_rows, weight, dtype):
+    """TN for the backward: :func:`tile_rows` with pairs of vectors where W has at least
+    PAIR_MIN_ENTRIES · (C_in + C_out) entries, else single vectors."""
+    c_out, c_in = weight.shape
+    pairs = weight.nnz >= PAIR_MIN_ENTRIES * (c_in + c_out)
+    return tile_rows(n_rows, dtype, vectors=2 if pairs else 1)
 
 
 def _cached(weight, name, build):
@@ -242,7 +261,7 @@ def _backward(dy, cache, want_dx, want_dw, want_db):
     c_out, c_in = weight.shape
     n, dtype = x2.shape[0], x2.dtype
     t_indptr, t_indices, perm = _transpose(weight)
-    tn = tile_rows(n, dtype)
+    tn = backward_tile_rows(n, weight, dtype)
     threads = numba.get_num_threads()
     cb = chunk_rows(c_in, tn, dtype)
     dx2 = np.empty((n, c_in), dtype=dtype) if want_dx else None  # (N, C_in)

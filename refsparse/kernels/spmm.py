@@ -244,16 +244,23 @@ def spmm_backward(dy, x, Tp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
 
     Per tile of TN rows: gt = dy[tile]ᵀ, kept in cache for the whole tile; then for each
     chunk of CB input columns (xt = x[tile, chunk]ᵀ), for each column j of the chunk and
-    each vector slice v of the tile, over the entries k of row j of Wᵀ (o = Tj[k]):
+    each pair of vector slices v, v' = v + L of the tile, over the entries k of row j of
+    Wᵀ (o = Tj[k]):
 
-        dxt[j, v] = Σ_k At[k] · gt[o, v]          (a sum held in registers)
-        dw[k]    += vsum(gt[o, v] · xt[j, v])      (x's slice held in registers)
+        dxt[j, v]  = Σ_k At[k] · gt[o, v]         (sums held in registers, and the
+        dxt[j, v'] = Σ_k At[k] · gt[o, v']          same for v')
+        dw[k]     += vsum(gt[o, v] · xt[j, v] + gt[o, v'] · xt[j, v'])
+                                                  (x's two slices held in registers)
 
-    and dx[tile, chunk] = dxtᵀ. Both products read gt[o] once per entry; nothing is
-    scattered, so each entry costs one vector load from the cached gt besides its two
-    FMAs. The price: gt holds all C_out rows of a tile (at C_out = 2048, TN = 64 float32:
-    512 KB, in L2). A None output is not computed (Numba compiles the call without its
-    branch), so the same kernel gives dX alone and dW alone.
+    and dx[tile, chunk] = dxtᵀ; a tile of an odd number of vectors ends with a single
+    slice, the same sums over v alone. Both products read gt[o] once per entry; nothing
+    is scattered, so each entry costs its vector loads from the cached gt besides its
+    FMAs, and one lane sum (vsum) per pair. The price: gt holds all C_out rows of a tile
+    (at C_out = 2048, TN = 128 float32: 1 MB, in L2). The caller picks TN
+    (:func:`refsparse.functional.sparse_linear.backward_tile_rows`): a single vector
+    where W is too sparse for the lane sums to matter. A None output is not computed
+    (Numba compiles the call without its branch), so the same kernel gives dX alone and
+    dW alone.
 
     Complexity: 4 · nnz · N flops. NumPy twin: ``linear_backward`` with W.toarray(), its
     dW read at the stored entries.
@@ -288,18 +295,41 @@ def spmm_backward(dy, x, Tp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
             for q in range(nc):
                 k0 = Tp[c0 + q]
                 oj = Tj[k0:Tp[c0 + q + 1]]  # (entries of row c0+q of Wᵀ,) output ids o
-                for v in range(0, TN, L):
-                    acc = zero  # (L,) dx[n0+v : n0+v+L, c0+q], in registers
-                    xv = zero  # (L,) x[n0+v : n0+v+L, c0+q], in registers
+                v = 0
+                while v + 2 * L <= TN:  # two vector slices at a time: one lane sum per 2L rows
+                    acc0 = zero  # (L,) dx[n0+v : n0+v+L, c0+q], in registers
+                    acc1 = zero  # (L,) dx[n0+v+L : n0+v+2L, c0+q]
+                    xv0 = zero  # (L,) x[n0+v : n0+v+L, c0+q], in registers
+                    xv1 = zero  # (L,) x[n0+v+L : n0+v+2L, c0+q]
                     if dw_part is not None:
-                        xv = vload(xt[q], v)
+                        xv0 = vload(xt[q], v)
+                        xv1 = vload(xt[q], v + L)
                     for k in range(oj.size):
-                        gv = vload(gt[_u(oj[k])], v)  # (L,) dy[n0+v : n0+v+L, o]
+                        go = gt[_u(oj[k])]  # (TN,) dy[n0 : n0+TN, o]
+                        gv0 = vload(go, v)
+                        gv1 = vload(go, v + L)
                         if dx is not None:
-                            acc = vfma(vsplat(At[_u(k0 + k)]), gv, acc)
+                            a = vsplat(At[_u(k0 + k)])
+                            acc0 = vfma(a, gv0, acc0)
+                            acc1 = vfma(a, gv1, acc1)
                         if dw_part is not None:
-                            dw_part[tid, _u(k0 + k)] += vsum(vfma(gv, xv, zero))
+                            dw_part[tid, _u(k0 + k)] += vsum(vfma(gv1, xv1, vfma(gv0, xv0, zero)))
                     if dx is not None:
-                        vstore(dxt[q], v, acc)
+                        vstore(dxt[q], v, acc0)
+                        vstore(dxt[q], v + L, acc1)
+                    v += 2 * L
+                if v < TN:  # one slice left (TN an odd number of vectors): the same, single
+                    acc0 = zero
+                    xv0 = zero
+                    if dw_part is not None:
+                        xv0 = vload(xt[q], v)
+                    for k in range(oj.size):
+                        gv0 = vload(gt[_u(oj[k])], v)
+                        if dx is not None:
+                            acc0 = vfma(vsplat(At[_u(k0 + k)]), gv0, acc0)
+                        if dw_part is not None:
+                            dw_part[tid, _u(k0 + k)] += vsum(vfma(gv0, xv0, zero))
+                    if dx is not None:
+                        vstore(dxt[q], v, acc0)
             if dx is not None:
                 store_tile_t(dxt, n0, m, c0, nc, dx)
