@@ -497,3 +497,20 @@ def test_module_input_errors():
         SparseLinear.from_dense(Linear(3, 2), np.ones((2, 3)))
     with pytest.raises(ValueError, match="mask: expected shape"):
         SparseLinear.from_dense(Linear(3, 2), np.ones((3, 2), bool))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c_out, c_in, n", [(3, 0, 5), (0, 4, 5), (3, 4, 0), (0, 0, 2)])
+def test_empty_layers_and_batches(dtype, c_out, c_in, n):
+    """No inputs, no outputs or no rows: y is the bias (or empty), dx zeros, dW empty,
+    db the row count — as the masked dense twin gives."""
+    w = sp.csr_array((c_out, c_in), dtype=dtype)
+    x = np.ones((2, n, c_in), dtype)
+    b = np.arange(c_out, dtype=dtype)
+    y, cache = sparse_linear_forward(x, w, b)
+    y_ref, _ = linear_forward(x, w.toarray(), b)
+    np.testing.assert_array_equal(y, y_ref)
+    dx, dw, db = sparse_linear_backward(np.ones((2, n, c_out), dtype), cache)
+    assert dx.shape == x.shape and dx.dtype == dtype and not dx.any()
+    assert dw.shape == (0,)
+    np.testing.assert_array_equal(db, np.full(c_out, 2 * n, dtype))

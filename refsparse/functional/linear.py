@@ -7,6 +7,7 @@ state_dicts map one to one.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -50,7 +51,7 @@ def linear_forward(x, weight, bias=None):
         check_shape("bias", bias, (c_out,))
     check_same_dtype(x=x, weight=weight, bias=bias)
 
-    x2 = x.reshape(-1, c_in)  # (N, C_in); a view when x is contiguous
+    x2 = x.reshape(math.prod(x.shape[:-1]), c_in)  # (N, C_in); a view when x is contiguous
     # (N, C_out); BLAS reads weight transposed, no copy; big products on every core
     y2 = parallel.matmul(x2, weight.T, bias=bias)
     y = y2.reshape(*x.shape[:-1], c_out)  # (..., C_out)
@@ -74,8 +75,8 @@ def linear_backward(dy, cache):
     c_out, c_in = weight.shape
     check_upstream("dy", dy, x.shape[:-1] + (c_out,), x.dtype)
 
-    dy2 = dy.reshape(-1, c_out)  # (N, C_out)
-    x2 = x.reshape(-1, c_in)  # (N, C_in)
+    dy2 = dy.reshape(math.prod(dy.shape[:-1]), c_out)  # (N, C_out)
+    x2 = x.reshape(math.prod(x.shape[:-1]), c_in)  # (N, C_in)
     dx = parallel.matmul(dy2, weight).reshape(x.shape)  # (N, C_in) -> (..., C_in)
     if has_bias:  # (C_out, N) @ (N, C_in) -> (C_out, C_in), and the column sums of dy (C_out,)
         dweight, dbias = parallel.matmul_tn(dy2, x2, colsum=True)

@@ -32,6 +32,7 @@ backward, along the rows of Wᵀ).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numba
@@ -190,7 +191,7 @@ def row_block_pointers(weight, nb):
     on the weight as the transpose is."""
     def build(w):
         c_out, c_in = w.shape
-        xb = -(-c_in // nb)
+        xb = max(1, -(-c_in // nb))
         rows = np.repeat(np.arange(c_out), np.diff(w.indptr))  # (nnz,) the row of each entry
         counts = np.bincount(rows * nb + w.indices // xb, minlength=c_out * nb).reshape(c_out, nb)
         bp = np.empty((c_out, nb + 1), dtype=w.indptr.dtype)  # (C_out, NB+1)
@@ -234,7 +235,7 @@ def sparse_linear_forward(x, weight, bias=None):
     """
     _check_forward_inputs(x, weight, bias)
     c_out, c_in = weight.shape
-    x2 = np.ascontiguousarray(x.reshape(-1, c_in))  # (N, C_in); a view when x is contiguous
+    x2 = np.ascontiguousarray(x.reshape(math.prod(x.shape[:-1]), c_in))  # (N, C_in); a view when x is contiguous
     n = x2.shape[0]
     b = bias if bias is not None else np.zeros(c_out, dtype=x.dtype)
     tn = tile_rows(n, x.dtype)
@@ -250,7 +251,7 @@ def _unpack(dy, cache):
     x2, weight, x_shape, has_bias = cache
     c_out = weight.shape[0]
     check_upstream("dy", dy, tuple(x_shape[:-1]) + (c_out,), x2.dtype)
-    dy2 = np.ascontiguousarray(dy.reshape(-1, c_out))  # (N, C_out)
+    dy2 = np.ascontiguousarray(dy.reshape(math.prod(dy.shape[:-1]), c_out))  # (N, C_out)
     return x2, weight, x_shape, has_bias, dy2
 
 

@@ -15,6 +15,8 @@ convert between the two.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -129,7 +131,7 @@ class SparseLinear(Module):
         if self._cache is None:
             raise RuntimeError("SparseLinear.backward called before forward")
         if self.keep_grad_output:
-            self.grad_output = np.ascontiguousarray(dy.reshape(-1, self.out_features))
+            self.grad_output = np.ascontiguousarray(dy.reshape(math.prod(dy.shape[:-1]), self.out_features))
         dx, dw, db = sparse_linear_backward(dy, self._cache)
         if self._cache.weight is not self.weight.value or dw.shape != self.weight.grad.shape:
             raise RuntimeError("SparseLinear.backward: the weight (or its pattern) changed between "
