@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from .._checks import check_float, check_same_dtype, check_shape
 from ..kernels.simd import VECTOR_BYTES
 from ..kernels.spmm import spmm_backward, spmm_forward
-from ..patterns import transpose_structure
+from ..patterns import _rows_of, transpose_structure
 from ._common import check_upstream
 
 __all__ = [
@@ -192,7 +192,7 @@ def row_block_pointers(weight, nb):
     def build(w):
         c_out, c_in = w.shape
         xb = max(1, -(-c_in // nb))
-        rows = np.repeat(np.arange(c_out), np.diff(w.indptr))  # (nnz,) the row of each entry
+        rows = _rows_of(w)  # (nnz,) the row of each entry
         counts = np.bincount(rows * nb + w.indices // xb, minlength=c_out * nb).reshape(c_out, nb)
         bp = np.empty((c_out, nb + 1), dtype=w.indptr.dtype)  # (C_out, NB+1)
         bp[:, 0] = w.indptr[:-1]
