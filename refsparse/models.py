@@ -148,7 +148,7 @@ class _OutputHead(Module):
     def backward(self, dlogits):
         if self._tied is None:
             return self.proj.backward(dlogits)
-        dh, dw, _ = F.linear_backward(dlogits, self._cache)
+        dh, dw, _ = F.linear_backward(dlogits, self._cache_or_raise())
         self._tied.weight.grad += dw  # the embedding's gradient gets both uses, by +=
         return dh
 

@@ -37,8 +37,9 @@ _KERNEL_MIN_SIZE = 16384
 
 
 class ReluCache(NamedTuple):
-    """What relu_backward needs: where x > 0."""
+    """What relu_backward needs: where x > 0, and x's dtype (which dy must have)."""
     positive: np.ndarray  # bool, x > 0 (one byte per entry instead of the whole x)
+    dtype: np.dtype  # x's dtype
 
 
 def relu_forward(x):
@@ -53,7 +54,7 @@ def relu_forward(x):
     """
     check_float("x", x)
     y = np.maximum(x, 0)  # 0 is a Python int: keeps x's dtype
-    return y, ReluCache(x > 0)
+    return y, ReluCache(x > 0, x.dtype)
 
 
 def relu_backward(dy, cache):
@@ -61,9 +62,8 @@ def relu_backward(dy, cache):
 
     Derivation: docs/backprop.md, section GELU (ReLU is treated there too).
     """
-    (positive,) = cache
-    check_float("dy", dy)
-    check_upstream("dy", dy, positive.shape, dy.dtype)
+    positive, dtype = cache
+    check_upstream("dy", dy, positive.shape, dtype)
     return dy * positive  # a bool factor keeps dy's dtype (and is ~15× faster than np.where)
 
 

@@ -246,8 +246,8 @@ def _softmax_grad(dp, p, scale):
 
 def _dropout_part(dcache, i):
     """The dropout cache of the slice [i] of the first leading axis (the mask's slice)."""
-    keep, scale, shape = dcache
-    return DropoutCache(None if keep is None else keep[i], scale, shape[1:])
+    keep, scale, shape, dtype = dcache
+    return DropoutCache(None if keep is None else keep[i], scale, shape[1:], dtype)
 
 
 def attention_backward(dout, cache):

@@ -17,10 +17,12 @@ __all__ = ["DropoutCache", "dropout_backward", "dropout_forward"]
 
 
 class DropoutCache(NamedTuple):
-    """What dropout_backward needs: the mask (or None) and the scale."""
+    """What dropout_backward needs: the mask (or None), the scale, and the input's shape
+    and dtype (which dy must have)."""
     keep: np.ndarray | None  # bool, True = kept; None when nothing was drawn
     scale: float  # 1/(1−p) with a mask; 1.0 = identity; 0.0 = everything dropped (p = 1)
     shape: tuple  # the input's shape
+    dtype: np.dtype  # the input's dtype
 
 
 def check_probability(name, p):
@@ -35,9 +37,9 @@ def check_probability(name, p):
 def _dropout(x, p, rng, training):
     """The math of :func:`dropout_forward` on checked arguments (also used by attention)."""
     if not training or p == 0.0:
-        return x, DropoutCache(None, 1.0, x.shape)  # identity, rng untouched
+        return x, DropoutCache(None, 1.0, x.shape, x.dtype)  # identity, rng untouched
     if p == 1.0:
-        return np.zeros_like(x), DropoutCache(None, 0.0, x.shape)  # all dropped, rng untouched
+        return np.zeros_like(x), DropoutCache(None, 0.0, x.shape, x.dtype)  # all dropped, rng untouched
     if not isinstance(rng, np.random.Generator):
         raise TypeError(
             f"rng: expected a numpy.random.Generator (dropout with p={p} at training time), "
@@ -47,12 +49,12 @@ def _dropout(x, p, rng, training):
     scale = 1.0 / (1.0 - p)
     y = x * keep  # a bool factor keeps x's dtype
     y *= scale
-    return y, DropoutCache(keep, scale, x.shape)
+    return y, DropoutCache(keep, scale, x.shape, x.dtype)
 
 
 def _dropout_grad(dy, cache):
     """The math of :func:`dropout_backward` (also used by attention)."""
-    keep, scale, _ = cache
+    keep, scale = cache.keep, cache.scale
     if keep is None:
         return dy if scale == 1.0 else np.zeros_like(dy)
     dx = dy * keep
@@ -93,5 +95,5 @@ def dropout_backward(dy, cache):
 
     Derivation: docs/backprop.md, section Dropout.
     """
-    check_upstream("dy", dy, cache.shape, dy.dtype)
+    check_upstream("dy", dy, cache.shape, cache.dtype)
     return _dropout_grad(dy, cache)

@@ -148,7 +148,7 @@ class MultiHeadAttention(Module):
 
     def backward(self, dy):
         """Walk the forward's steps in reverse. Returns dx, or (dx, dkv) for cross-attention."""
-        is_self, attn_cache = self._cache
+        is_self, attn_cache = self._cache_or_raise()
         # 3. (B, T_q, C) -> (B, H, T_q, D)
         dctx = F.merge_heads_backward(self.out_proj.backward(dy), self.n_heads)
         # 2.

@@ -59,7 +59,7 @@ class Linear(Module):
 
     def backward(self, dy):
         """Accumulate dW, db into the parameters' .grad; return dx (…, in_features)."""
-        dx, dw, db = F.linear_backward(dy, self._cache)
+        dx, dw, db = F.linear_backward(dy, self._cache_or_raise())
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
@@ -93,7 +93,7 @@ class Embedding(Module):
 
     def backward(self, dy):
         """Scatter-add dy (…, dim) into weight.grad at the ids' rows; returns None."""
-        self.weight.grad += F.embedding_backward(dy, self._cache)
+        self.weight.grad += F.embedding_backward(dy, self._cache_or_raise())
         return None
 
     def __repr__(self):
@@ -126,7 +126,7 @@ class SinusoidalPositionalEncoding(Module):
 
     def backward(self, dy):
         """dx = dy (the table is fixed)."""
-        dx, _ = F.positional_backward(dy, self._cache)
+        dx, _ = F.positional_backward(dy, self._cache_or_raise())
         return dx
 
 
@@ -150,7 +150,7 @@ class LearnedPositionalEmbedding(Module):
 
     def backward(self, dy):
         """Accumulate the table's gradient into weight.grad; return dx = dy."""
-        dx, dtable = F.positional_backward(dy, self._cache)
+        dx, dtable = F.positional_backward(dy, self._cache_or_raise())
         self.weight.grad += dtable
         return dx
 
@@ -180,7 +180,7 @@ class LayerNorm(Module):
 
     def backward(self, dy):
         """Accumulate dγ, dβ into weight.grad and bias.grad; return dx."""
-        dx, dgamma, dbeta = F.layernorm_backward(dy, self._cache)
+        dx, dgamma, dbeta = F.layernorm_backward(dy, self._cache_or_raise())
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
@@ -205,7 +205,7 @@ class Dropout(Module):
 
     def backward(self, dy):
         """dx = dy ⊙ keep / (1 − p), with the mask of the last forward."""
-        return F.dropout_backward(dy, self._cache)
+        return F.dropout_backward(dy, self._cache_or_raise())
 
 
 class Activation(Module):
@@ -231,6 +231,7 @@ class Activation(Module):
 
     def backward(self, dy):
         """dx = dy ⊙ act′(x), from the cache of the last forward."""
+        cache = self._cache_or_raise()
         if self.name == "relu":
-            return F.relu_backward(dy, self._cache)
-        return F.gelu_backward(dy, self._cache)
+            return F.relu_backward(dy, cache)
+        return F.gelu_backward(dy, cache)

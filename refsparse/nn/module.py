@@ -10,7 +10,10 @@ The contract every module keeps:
 - ``forward(*inputs)`` computes the output and keeps the functional caches on the
   module for the next ``backward``;
 - ``backward(dout)`` returns the gradient of the inputs and *accumulates* (``+=``)
-  into each parameter's ``.grad``, so a parameter used twice is right for free.
+  into each parameter's ``.grad``, so a parameter used twice is right for free. Before any
+  ``forward`` it raises ``RuntimeError("<ClassName>.backward called before forward")``
+  (see ``Module._cache_or_raise``). The cache is kept after ``backward``: a second
+  ``backward`` reuses it and accumulates the parameters' gradients again.
 """
 
 from __future__ import annotations
@@ -101,6 +104,18 @@ class Module:
     def backward(self, dout):
         """Return the inputs' gradient and accumulate into each parameter's ``.grad``."""
         raise NotImplementedError
+
+    def _cache_or_raise(self):
+        """The cache the last ``forward`` kept, for ``backward``; RuntimeError if there is none.
+
+        Every module that keeps a cache sets ``self._cache = None`` in ``__init__`` and calls
+        this first thing in ``backward``, so that a backward before any forward says so
+        instead of failing inside the functional pair.
+        """
+        cache = getattr(self, "_cache", None)
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return cache
 
     def __call__(self, *inputs, **kwargs):
         """``module(x)`` is ``module.forward(x)``."""
