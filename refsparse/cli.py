@@ -66,8 +66,10 @@ def _build_train_config(args):
     types = {f.name: f.type for f in fields(TrainConfig)}
     values = {}
     task = args.task or "lm"
+    explicit = set()  # keys the user set: from --config or --set
     if args.config:
         values.update(_load_toml(args.config))
+        explicit.update(values)
         task = args.task or values.get("task", "lm")
     if task != "lm":
         values = {**TASK_DEFAULTS, **values}
@@ -88,9 +90,17 @@ def _build_train_config(args):
             values[key] = _parse_value(text.strip(), types[key].split(" |")[0])
         except ValueError as e:
             raise ValueError(f"--set {key}: {e}") from None
+        explicit.add(key)
     unknown = sorted(set(values) - set(types))
     if unknown:
         raise ValueError(f"config: unknown keys {unknown}; known keys: {', '.join(sorted(types))}")
+    if "warmup_steps" not in explicit:
+        # the default warm-up (50, or 100 for the tasks) never exceeds a short run's steps;
+        # a warm-up the user set that exceeds them stays an error (TrainConfig.validate)
+        steps = values.get("steps", TrainConfig.steps)
+        if isinstance(steps, int) and not isinstance(steps, bool):
+            warmup = values.get("warmup_steps", TrainConfig.warmup_steps)
+            values["warmup_steps"] = max(0, min(warmup, steps))
     return TrainConfig.from_dict(values)
 
 
@@ -162,6 +172,8 @@ def _cmd_sample(args):
 
     from .train import generate
 
+    if args.length < 0:
+        raise ValueError(f"--length: expected an integer >= 0, got {args.length}")
     ckpt, model, tok = _load_for_use(args.checkpoint)
     if tok is None:
         raise ValueError(f"--checkpoint: {args.checkpoint} holds a {ckpt.kind}, not a language model")
@@ -200,17 +212,22 @@ def _cmd_prune(args):
 
     ckpt, model, tok = _load_for_use(args.checkpoint)
     kw = {}
+    sparsity = args.sparsity
     if args.criterion == "nm":
         n, m = (int(v) for v in args.nm.split(":"))
         kw.update(n=n, m=m)
+        if sparsity is not None:
+            print(f"note: --sparsity {sparsity:g} is ignored with --criterion nm, which keeps "
+                  f"{n} of every {m} weights", file=sys.stderr)
+        sparsity = 1.0 - n / m if 0 < n <= m else 0.0  # the N:M density, for the record
     if args.criterion == "block":
         kw["block"] = tuple(int(v) for v in args.block.lower().split("x"))
-    sparsify(model, args.sparsity, distribution=args.distribution, criterion=args.criterion,
+    sparsify(model, sparsity, distribution=args.distribution, criterion=args.criterion,
              rng=np.random.default_rng(args.seed), **kw)
     if os.path.abspath(args.output) == os.path.abspath(args.checkpoint):
         raise ValueError("-o: expected a path other than CHECKPOINT (it would be overwritten)")
     extra = dict(ckpt.meta.get("extra") or {})
-    extra["pruned"] = {"from": args.checkpoint, "sparsity": args.sparsity,
+    extra["pruned"] = {"from": args.checkpoint, "sparsity": sparsity,
                        "criterion": args.criterion, "distribution": args.distribution}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     save_checkpoint(args.output, model, step=ckpt.step, tokenizer=tok, extra=extra,
@@ -281,6 +298,13 @@ def _cmd_patterns(args):
     return 0
 
 
+def _check_prune_args(args, error):
+    """After parsing: --sparsity is required by every criterion but nm (which ignores it)."""
+    if args.criterion != "nm" and args.sparsity is None:
+        error(f"--sparsity: expected a value for --criterion {args.criterion}, got none "
+              "(only --criterion nm goes without it)")
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="refsparse",
@@ -321,7 +345,11 @@ def build_parser():
                         "layer S-sparse, default) or erk (Erdős–Rényi-Kernel: smaller "
                         "layers denser, same total)")
     t.add_argument("--seed", type=int, help="seed for weights, dropout and batches (default 0)")
-    t.add_argument("--steps", type=int, help="number of training steps")
+    t.add_argument("--steps", type=int,
+                   help="number of training steps (default 600; 1000 for copy/reverse/sort). The "
+                        "default warm-up (warmup_steps: 50; 100 for the tasks) is cut to STEPS "
+                        "when it exceeds them; a warmup_steps set with --set or --config that "
+                        "exceeds STEPS is an error")
     t.add_argument("--name", help="run name: files go to OUT_DIR/NAME/ (default TASK-SEED)")
     t.add_argument("--out-dir", dest="out_dir", help="directory of runs (default ./runs)")
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue a saved run exactly where it stopped")
@@ -352,20 +380,22 @@ def build_parser():
                         "feed-forward weights become sparse CSR arrays keeping the entries the "
                         "criterion chooses. Writes a new checkpoint (without optimizer state).")
     pr.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint.npz from train")
-    pr.add_argument("--sparsity", type=float, required=True, metavar="S",
-                    help="fraction of the prunable weights to remove, e.g. 0.9")
+    pr.add_argument("--sparsity", type=float, metavar="S",
+                    help="fraction of the prunable weights to remove, e.g. 0.9; required for "
+                         "every criterion but nm, which ignores it (with a note on stderr)")
     pr.add_argument("--criterion", default="magnitude",
                     choices=["magnitude", "global", "random", "nm", "block"],
                     help="magnitude: largest |w| per layer (default); global: one magnitude "
                          "threshold over all layers; random; nm: N:M along the input "
-                         "dimension (--nm, sparsity ignored); block: whole blocks (--block)")
+                         "dimension (--nm; --sparsity is not needed, and ignored if given); "
+                         "block: whole blocks (--block)")
     pr.add_argument("--distribution", choices=["uniform", "erk"], default="uniform",
                     help="per-layer sparsities for magnitude/random (default uniform)")
     pr.add_argument("--nm", default="2:4", metavar="N:M", help="for --criterion nm (default 2:4)")
     pr.add_argument("--block", default="1x4", metavar="HxW", help="for --criterion block (default 1x4)")
     pr.add_argument("--seed", type=int, default=0, help="seed for --criterion random (default 0)")
     pr.add_argument("-o", "--output", required=True, metavar="OUT", help="the pruned checkpoint's path")
-    pr.set_defaults(func=_cmd_prune)
+    pr.set_defaults(func=_cmd_prune, check_args=lambda args: _check_prune_args(args, pr.error))
 
     inf = sub.add_parser("info", help="per-layer shapes, stored entries, sparsity and file size",
                          description="Describe a checkpoint: every parameter's shape, whether it "
@@ -417,6 +447,8 @@ def main(argv=None):
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
+    if getattr(args, "check_args", None) is not None:
+        args.check_args(args)  # checks argparse cannot express; a usage error exits with 2
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError, CheckpointError, ImportError) as e:

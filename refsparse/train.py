@@ -118,10 +118,16 @@ class TrainConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{k}: expected a positive integer, got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
         if self.warmup_steps < 0 or self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps: expected 0..steps={self.steps}, got {self.warmup_steps}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr: expected 0 <= min_lr <= lr={self.lr}, got {self.min_lr}")
+        if isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float)) \
+                or not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip: expected a number >= 0 (0 disables clipping), "
+                             f"got {self.grad_clip!r}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity: expected a number in [0, 1), got {self.sparsity!r}")
         if self.method not in METHODS:
@@ -181,6 +187,7 @@ class Trainer:
             self.tokenizer = D.CharTokenizer.from_text(text)
             ids = self.tokenizer.encode(text)
             self.train_ids, self.val_ids = D.split_train_val(ids, cfg.val_fraction, cfg.val_pieces)
+            self._check_lm_split(len(ids))
             self.unigram_entropy = D.unigram_entropy(self.train_ids)
             self.model = DecoderLM(_lm_config(cfg, self.tokenizer.vocab_size), rng=model_rng)
             self.tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -204,6 +211,19 @@ class Trainer:
         self.schedule = warmup_cosine(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr)
         self.imp_round = 0
         self._rewind_state = None
+
+    def _check_lm_split(self, n_tokens):
+        # both streams must hold one window: found here, not at the first evaluation
+        c = self.cfg
+        source = "the built-in corpus" if c.text is None else c.text
+        for name, ids, fix in (("train data", self.train_ids, "more text"),
+                               ("validation data", self.val_ids,
+                                "more text or a larger val_fraction")):
+            if len(ids) < c.seq_len + 1:
+                raise ValueError(
+                    f"{name}: expected at least seq_len + 1 = {c.seq_len + 1} tokens (a window of "
+                    f"inputs plus the next token), got {len(ids)} (of the {n_tokens} tokens of "
+                    f"{source}, val_fraction={c.val_fraction}); use a shorter seq_len, {fix}")
 
     def _make_optimizer(self):
         # AdamW as torch.optim.AdamW with one parameter group: every parameter is decayed.
@@ -446,6 +466,10 @@ class Trainer:
         cfg_dict = dict(ckpt.meta["extra"].get("train_config") or {})
         if not cfg_dict:
             raise ValueError(f"checkpoint: {path} holds no training config; it cannot be resumed")
+        if ckpt.meta.get("optimizer") is None:
+            raise ValueError(f"checkpoint: {path} holds no optimizer state (written by refsparse "
+                             "prune?); it cannot be resumed; its model can be sampled, evaluated "
+                             "and described (refsparse sample / eval / info)")
         cfg_dict.update(overrides or {})
         trainer = cls(TrainConfig.from_dict(cfg_dict), log=log, progress=progress)
         if "imp_round" in ckpt.meta["extra"]:
@@ -477,6 +501,8 @@ def generate(model, prompt_ids, n_new, *, temperature=1.0, top_k=None, rng=None)
     """
     if temperature < 0:
         raise ValueError(f"temperature: expected a number >= 0, got {temperature}")
+    if isinstance(n_new, bool) or not isinstance(n_new, (int, np.integer)) or n_new < 0:
+        raise ValueError(f"n_new: expected an integer >= 0, got {n_new!r}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k: expected a positive integer or None, got {top_k}")
     rng = np.random.default_rng(0) if rng is None else rng
