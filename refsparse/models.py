@@ -55,7 +55,11 @@ def _check_config(cfg):
     if cfg.positional not in ("sinusoidal", "learned"):
         raise ValueError(f"positional: expected 'sinusoidal' or 'learned', got {cfg.positional!r}")
     check_dtype_name("dtype", cfg.dtype)
-    _attention_specs(cfg, getattr(cfg, "n_layers", None) or max(cfg.n_encoder_layers, cfg.n_decoder_layers))
+    specs = _attention_specs(cfg, getattr(cfg, "n_layers", None) or max(cfg.n_encoder_layers, cfg.n_decoder_layers))
+    sparse = sorted({s for s in specs if s != "full"})
+    if sparse and cfg.dropout > 0:  # found here, not at the first training step
+        raise ValueError(f"dropout: expected 0 with sparse attention ({', '.join(sparse)}): its kernels have no "
+                         f"dropout on the attention weights; got {cfg.dropout!r}")
     pad_id = getattr(cfg, "pad_id", None)
     if pad_id is not None:
         vocab = min(cfg.src_vocab_size, cfg.tgt_vocab_size)
@@ -194,7 +198,8 @@ class TransformerConfig(_ConfigDict):
     # self-attention pattern spec (refsparse.patterns.parse): "full" is dense attention; any
     # other spec, e.g. "local:window=64", runs the sparse kernels. One spec for all layers, or
     # a list with one per layer. Encoder and decoder take the same; the decoder's is made
-    # causal. Cross-attention stays dense.
+    # causal. Cross-attention stays dense. A sparse spec needs dropout=0 (the sparse kernels
+    # have no dropout on the attention weights).
     attention: str | list = "full"
 
 
@@ -349,7 +354,8 @@ class DecoderLMConfig(_ConfigDict):
     # attention pattern spec (refsparse.patterns.parse), made causal: "full" is dense causal
     # attention (BLAS); "causal" the same function through the sparse kernels; e.g.
     # "local:window=64", "strided:stride=16", "fixed:block=16,c=2". One spec for all layers,
-    # or a list with one per layer.
+    # or a list with one per layer. A sparse spec needs dropout=0 (the sparse kernels have no
+    # dropout on the attention weights).
     attention: str | list = "full"
 
 

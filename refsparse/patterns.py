@@ -698,22 +698,22 @@ def is_per_head(p):
     return isinstance(p, (list, tuple))
 
 
-def heads(p, n_heads, *, shape=None):
+def heads(p, n_heads, *, shape=None, name="p"):
     """The pattern of every head: a list of ``n_heads`` patterns.
 
     A single pattern is shared by all heads (the same object n_heads times). A per-head list of
     n_heads patterns is returned as a list; a list of k patterns with k dividing n_heads is
     cycled, head h taking p[h % k] — the paper's alternating heads (strided/fixed with
     per_head=True give k = 2). Any other length raises ValueError. ``shape``, when given, is the
-    expected (Tq, Tk) of every pattern.
+    expected (Tq, Tk) of every pattern; ``name`` is what error messages call ``p``.
     """
     n_heads = _check_int("n_heads", n_heads, 1)
-    p = _check_any("p", p, shape=shape)
+    p = _check_any(name, p, shape=shape)
     if not isinstance(p, list):
         return [p] * n_heads
     if n_heads % len(p):
         raise ValueError(
-            f"p: expected a per-head list of {n_heads} patterns (or of a divisor of {n_heads}, "
+            f"{name}: expected a per-head list of {n_heads} patterns (or of a divisor of {n_heads}, "
             f"cycled), got {len(p)}"
         )
     return [p[h % len(p)] for h in range(n_heads)]

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refsparse import functional as F
+from refsparse import patterns as P
 from refsparse.functional.sparse_attention import (
     prepare_pattern,
     sparse_attention_backward,
@@ -138,8 +139,6 @@ def _pad(p, t_q, t_k):
 def _structured_patterns(t_q, t_k):
     """Patterns whose groups of 4 rows share long key runs (the kernels' fast path), with
     short last groups (T not a multiple of 4) and, for T_q != T_k, empty rows or unseen keys."""
-    from refsparse import patterns as P
-
     t = min(t_q, t_k)
     pats = {
         "local": P.local(t, 5),
@@ -400,6 +399,26 @@ def test_bad_input_is_named():
         sparse_attention_backward(out[:, :, :2], cache)
 
 
+def test_stored_false_or_a_float_pattern_is_refused_not_attended():
+    """Stored ⇔ allowed: the kernels read only the structure, so a stored False (or a float
+    pattern's stored 0.0) would be attended where the dense twin, reading the values, masks
+    it. Both are refused; as_pattern gives the pattern the twin reads."""
+    rng = np.random.default_rng(12)
+    q, k, v = (rng.standard_normal((1, 2, 4, 3)) for _ in range(3))
+    allowed = np.tri(4, dtype=bool)
+    stored_false = sp.csr_array(np.ones((4, 4), bool))
+    stored_false.data[:] = allowed.ravel()  # 16 stored, 10 of them True
+    with pytest.raises(ValueError, match=r"pattern: .*6 stored False"):
+        sparse_attention_forward(q, k, v, stored_false)
+    with pytest.raises(ValueError, match=r"pattern\[0\]\[1\]: .*stored False"):
+        prepare_pattern([[sp.csr_array(allowed), stored_false]])
+    with pytest.raises(TypeError, match="pattern: expected a bool sparse array.*float64"):
+        sparse_attention_forward(q, k, v, sp.csr_array(np.where(allowed, 0.5, 0.0)))
+    out, _ = sparse_attention_forward(q, k, v, P.as_pattern(stored_false))
+    out_d, _ = F.attention_forward(q, k, v, stored_false.toarray())
+    np.testing.assert_allclose(out, out_d, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 1e-4)])
 def test_equals_torch_sdpa_with_the_same_mask(dtype, tol):
@@ -463,8 +482,31 @@ def test_mha_pattern_rejects_attn_mask_and_dropout():
     mha.forward(x, pattern=P.full(4))  # eval: no dropout, fine
     with pytest.raises(ValueError, match="attn_mask"):
         mha.forward(x, pattern=P.full(4), attn_mask=np.ones((4, 4), bool))
-    with pytest.raises(ValueError, match="pattern|p:"):
+    with pytest.raises(ValueError, match=r"pattern: expected shape \(4, 4\), got \(5, 5\)"):
         mha.forward(x, pattern=P.full(5))
+    with pytest.raises(TypeError, match="pattern: expected a scipy.sparse.csr_array"):
+        mha.forward(x, pattern=np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match=r"pattern: expected a per-head list of 2"):
+        mha.forward(x, pattern=[P.full(4)] * 3)
+
+
+def test_mha_sees_a_pattern_swapped_into_its_per_head_list():
+    """The module caches the prepared pattern; a list changed in place, or a new pattern
+    object, must not be served the old one."""
+    from refsparse import patterns as P
+    from refsparse.nn import MultiHeadAttention
+
+    mha = MultiHeadAttention(8, 2, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((1, 6, 8))
+    pats = [P.local(6, 2), P.local(6, 2)]
+    y_local = mha.forward(x, pattern=pats)
+    prepared = mha._prepared(pats, 1, 6, 6, False, None)
+    assert mha._prepared(pats, 1, 6, 6, False, None) is prepared  # the same objects: cached
+    pats[1] = P.full(6)
+    y_swapped = mha.forward(x, pattern=pats)
+    y_fresh = mha.forward(x, pattern=[P.local(6, 2), P.full(6)])
+    np.testing.assert_array_equal(y_swapped, y_fresh)
+    assert not np.allclose(y_swapped, y_local)
 
 
 @pytest.mark.parametrize("attention", ["causal", "local:window=3", ["strided:stride=2", "fixed:block=3,c=1"]])
@@ -513,6 +555,20 @@ def test_bad_attention_spec_is_named():
         DecoderLM(DecoderLMConfig(attention="nope:x=1"))
     with pytest.raises(ValueError, match="attention"):
         DecoderLM(DecoderLMConfig(n_layers=2, attention=["full"] * 3))
+
+
+def test_sparse_attention_with_dropout_is_refused_when_the_model_is_built():
+    """The sparse kernels have no attention dropout: a config asking for both fails when the
+    model is built, not at its first training step."""
+    from refsparse.models import DecoderLM, DecoderLMConfig, Transformer, TransformerConfig
+
+    with pytest.raises(ValueError, match=r"dropout: expected 0 with sparse attention \(local:window=2\).*0\.1"):
+        Transformer(TransformerConfig(attention="local:window=2", d_model=16, n_heads=2, n_encoder_layers=1,
+                                      n_decoder_layers=1, d_ff=32, max_len=16))  # the default dropout 0.1
+    with pytest.raises(ValueError, match=r"dropout: .*\(causal, strided:stride=2\)"):
+        DecoderLM(DecoderLMConfig(n_layers=3, dropout=0.2, attention=["causal", "strided:stride=2", "full"]))
+    DecoderLM(DecoderLMConfig(dropout=0.2, attention="full"))  # dense attention has its dropout
+    DecoderLM(DecoderLMConfig(dropout=0.0, attention="local:window=4"))
 
 
 def test_softmax_exp_matches_numpy_exp():

@@ -95,6 +95,10 @@ def prepare_pattern(pattern):
 
     Builds each pattern's transpose once (for the backward) and the shared key runs of
     each group of 4 rows and of 4 columns (the kernels' fast path). O(nnz) time and memory.
+    Every pattern must be a bool sparse array with every stored value True — stored ⇔
+    allowed, as the dense twin reads it; a float array (whose stored 0.0 the kernels would
+    attend) raises TypeError and a stored False ValueError (refsparse.patterns.as_pattern
+    converts both).
     """
     if isinstance(pattern, PreparedPattern):
         return pattern
@@ -110,10 +114,18 @@ def prepare_pattern(pattern):
     offset = 0
     for b, row in enumerate(grid):
         for h, p in enumerate(row):
+            where = "pattern" if PB == PH == 1 else f"pattern[{b}][{h}]"
             if tuple(p.shape) != shape:
-                raise ValueError(f"pattern[{b}][{h}]: expected shape {shape}, got {tuple(p.shape)}")
+                raise ValueError(f"{where}: expected shape {shape}, got {tuple(p.shape)}")
+            if p.dtype != np.bool_:  # a stored 0.0 would still be attended: refuse, do not guess
+                raise TypeError(f"{where}: expected a bool sparse array (stored ⇔ allowed; "
+                                f"refsparse.patterns.as_pattern converts other inputs), got dtype {p.dtype}")
             csr = sp.csr_array(p)
             csr.sum_duplicates()  # canonical: sorted indices, no duplicates
+            if not csr.data.all():
+                raise ValueError(f"{where}: expected every stored value True (stored ⇔ allowed), got "
+                                 f"{int(np.count_nonzero(~csr.data))} stored False; call "
+                                 "refsparse.patterns.as_pattern on it first")
             csc = csr.tocsc()  # column j's rows are the queries attending to key j
             csc.sort_indices()
             n = csr.indices.size

@@ -168,19 +168,28 @@ class MultiHeadAttention(Module):
     def _prepared(self, pattern, batch, t_q, t_k, causal, key_padding_mask):
         """The pattern in the kernels' layout, causal and padding applied.
 
-        Without padding the result is cached on the module (keyed by the pattern object, the
-        causal flag and the shape), so the transpose is built once per pattern, not per step.
+        Without padding the result is cached on the module, so the transpose is built once
+        per pattern, not per step. The cache is keyed by the causal flag, the shape and the
+        identity of every pattern object and of its index arrays (each head's, for a per-head
+        list): putting another pattern into the same list, or giving a pattern new indices,
+        is seen; writing into a pattern's index arrays in place is not (patterns are
+        treated as immutable, as everywhere in refsparse).
         """
         if isinstance(pattern, PreparedPattern):
             if causal or key_padding_mask is not None:
                 raise ValueError("pattern: a PreparedPattern is used as it is; apply causal and "
                                  "padding before preparing it")
             return pattern
-        key = (id(pattern), bool(causal), t_q, t_k)
+        key = (bool(causal), t_q, t_k, self.n_heads)
+        items = list(pattern) if P.is_per_head(pattern) else [pattern]
+        # each pattern with its index arrays, held by the cache so that no id is reused
+        held = [(p, getattr(p, "indptr", None), getattr(p, "indices", None)) for p in items]
         cached = self.__dict__.get("_pattern_cache")
-        if key_padding_mask is None and cached is not None and cached[0] == key and cached[1] is pattern:
+        if (key_padding_mask is None and cached is not None and cached[0] == key
+                and len(cached[1]) == len(held)
+                and all(a is b for old, new in zip(cached[1], held) for a, b in zip(old, new))):
             return cached[2]
-        heads = P.heads(pattern, self.n_heads, shape=(t_q, t_k))
+        heads = P.heads(pattern, self.n_heads, shape=(t_q, t_k), name="pattern")
         base = heads[0] if all(h is heads[0] for h in heads) else heads
         if causal:
             base = P.causal_only(base)
@@ -191,7 +200,7 @@ class MultiHeadAttention(Module):
             grid = [row if isinstance(row, list) else [row] for row in per_batch]
             return prepare_pattern(grid)
         pp = prepare_pattern(base)
-        object.__setattr__(self, "_pattern_cache", (key, pattern, pp))
+        object.__setattr__(self, "_pattern_cache", (key, held, pp))
         return pp
 
     def __repr__(self):
