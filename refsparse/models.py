@@ -48,8 +48,8 @@ def _check_config(cfg):
     eps = cfg.layer_norm_eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
         raise TypeError(f"layer_norm_eps: expected a positive number, got {eps!r}")
-    if not eps > 0:
-        raise ValueError(f"layer_norm_eps: expected a positive number, got {eps!r}")
+    if not 0 < eps < np.inf:
+        raise ValueError(f"layer_norm_eps: expected a positive finite number, got {eps!r}")
     if cfg.activation not in ("relu", "gelu", "gelu_tanh"):
         raise ValueError(f"activation: expected 'relu', 'gelu' or 'gelu_tanh', got {cfg.activation!r}")
     if cfg.positional not in ("sinusoidal", "learned"):

@@ -440,6 +440,8 @@ def _bad_cases():
         ("layernorm mixed beta", lambda: F.layernorm_forward(f32, np.ones(4, np.float32), np.zeros(4)),
          TypeError, "beta"),
         ("layernorm eps", lambda: F.layernorm_forward(f64, np.ones(4), np.zeros(4), eps=-1.0), ValueError, "eps"),
+        ("layernorm eps inf", lambda: F.layernorm_forward(f64, np.ones(4), np.zeros(4), eps=np.inf), ValueError,
+         "eps"),
         ("layernorm dy shape", lambda: F.layernorm_backward(np.zeros((2, 3)), ln), ValueError, "dy"),
         # activations
         ("relu x int", lambda: F.relu_forward(i64), TypeError, "x"),

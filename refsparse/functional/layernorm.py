@@ -64,8 +64,8 @@ def layernorm_forward(x, gamma, beta, eps=1e-5):
     check_float("beta", beta)
     check_shape("beta", beta, (C,))
     check_same_dtype(x=x, gamma=gamma, beta=beta)
-    if not isinstance(eps, (float, int, np.floating)) or isinstance(eps, bool) or not eps > 0:
-        raise ValueError(f"eps: expected a positive float, got {eps!r}")
+    if not isinstance(eps, (float, int, np.floating)) or isinstance(eps, bool) or not 0 < eps < np.inf:
+        raise ValueError(f"eps: expected a positive finite float, got {eps!r}")
     eps = float(eps)  # a Python float: never upcasts a float32 x
     if x.size < _KERNEL_MIN_SIZE or C == 0:
         return _layernorm_forward_numpy(x, gamma, beta, eps)

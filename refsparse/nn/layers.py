@@ -161,8 +161,8 @@ class LayerNorm(Module):
     def __init__(self, dim, eps=1e-5, *, dtype="float64"):
         super().__init__()
         self.dim = _check_positive_int("dim", dim)
-        if not eps > 0:
-            raise ValueError(f"eps: expected a positive number, got {eps!r}")
+        if not 0 < eps < np.inf:  # an infinite eps would make every output beta
+            raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
         self.eps = float(eps)
         dtype = check_dtype_name("dtype", dtype)
         self.weight = Parameter(np.ones(self.dim, dtype=dtype))
