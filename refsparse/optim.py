@@ -178,8 +178,11 @@ class Optimizer:
         ------
         ValueError
             When ``lr`` is negative or not finite, when a gradient is not shaped like
-            its parameter's values, or when a sparse weight's pattern changed without a
-            :meth:`remap`.
+            its parameter's values, or when a sparse weight's number of stored entries
+            changed without a :meth:`remap`. A new pattern with the same number of
+            entries cannot be told from the values' shape, and is not detected: whatever
+            changes a pattern must call :meth:`remap` (``prune.set_pattern`` does, when
+            given the optimizer; SET and RigL give it).
         TypeError
             When a gradient's dtype differs from its parameter's.
         """

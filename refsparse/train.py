@@ -138,6 +138,10 @@ class TrainConfig:
             v = getattr(self, k)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{k}: expected a fraction in [0, 1], got {v!r}")
+        if self.method == "imp" and round(self.imp_rewind * self.steps) >= self.steps:
+            raise ValueError(f"imp_rewind: expected a step k = round(imp_rewind · steps) before the last "
+                             f"(k < steps={self.steps}), got {self.imp_rewind!r} (k = "
+                             f"{round(self.imp_rewind * self.steps)}): the rewind state is taken before step k + 1")
         if self.prune_begin > self.prune_end:
             raise ValueError(f"prune_end: expected >= prune_begin={self.prune_begin}, got {self.prune_end}")
         for k in ("prune_every", "update_every", "imp_rounds"):
@@ -211,6 +215,7 @@ class Trainer:
         self.schedule = warmup_cosine(cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr)
         self.imp_round = 0
         self._rewind_state = None
+        self._ticket = None  # imp reinit control: the ticket's trained model of the last round
 
     def _check_lm_split(self, n_tokens):
         # both streams must hold one window: found here, not at the first evaluation
@@ -254,7 +259,8 @@ class Trainer:
         if c.grad_clip > 0:
             clip_grad_norm(self.model.parameters(), c.grad_clip)
         self.opt.lr = self.schedule(self.step + 1)
-        self.opt.step()
+        if self.method is None or not self.method.skips_optimizer_step(self.step + 1):
+            self.opt.step()
         self.step += 1
         if self.method is not None:
             self.method.after_step(self.step, self.model, self.opt)
@@ -380,6 +386,46 @@ class Trainer:
             return DecoderLM(_lm_config(self.cfg, self.tokenizer.vocab_size), rng=rng)
         return Transformer(_seq2seq_config(self.cfg, self.task), rng=rng)
 
+    def _imp_positions(self, model, target):
+        """The positions each prunable layer of ``model`` keeps at sparsity ``target``: its
+        ``layer_nnz`` largest weights by magnitude (among those still stored)."""
+        c = self.cfg
+        shapes = {n: (m.out_features, m.in_features) for n, m in prunable_layers(model)}
+        counts = layer_nnz(shapes, target, c.distribution, erk_power_scale=c.erk_power_scale)
+        keep = {}
+        for name, layer in prunable_layers(model):
+            if layer.weight.is_sparse:
+                w = layer.weight.value
+                keep[name] = csr_positions(w)[topk_indices(np.abs(w.data), counts[name])]
+            else:
+                keep[name] = topk_indices(np.abs(layer.weight.value).reshape(-1), counts[name])
+        return keep
+
+    def _rewind(self, keep):
+        """The whole training state back to step k of the dense run, restricted to ``keep``."""
+        snap = self._rewind_state
+        model = self._new_model(self.cfg.seed)
+        model.load_state_dict(snap["model"])
+        model.rng.bit_generator.state = snap["model_rng"]
+        self.model = model
+        self.opt = self._make_optimizer()
+        self.opt.load_state_dict(snap["optim"])
+        self.step = snap["step"]
+        self.data_rng = generator_from_state(snap["data_rng"])
+        for name, positions in keep.items():
+            sparsify_with_positions(self.model, name, positions, self.opt)
+
+    def _train_ticket(self, keep):
+        """The control's view of the ticket: rewind to ``keep`` and retrain to the end, without
+        metrics or checkpoints; returns the trained model. The control's own state is kept."""
+        saved = self.model, self.opt, self.step, self.data_rng
+        self._rewind(keep)
+        while self.step < self.cfg.steps:
+            self.train_step()
+        ticket = self.model
+        self.model, self.opt, self.step, self.data_rng = saved
+        return ticket
+
     def prune_and_rewind(self, r):
         """Round r of IMP: prune the trained weights by magnitude, rewind the survivors.
 
@@ -387,37 +433,32 @@ class Trainer:
         layer keeps its ``layer_nnz(…, imp_sparsity(r))`` largest trained weights
         (among those still stored); then the whole training state — weights, optimizer
         state, step, random streams — goes back to step k = ``imp_rewind · steps`` of
-        the dense run, restricted to the survivors. The control (``imp_control=
-        "reinit"``) instead starts the same pattern from fresh random weights at step 0.
+        the dense run, restricted to the survivors.
+
+        The control (``imp_control="reinit"``) trains the *ticket's* pattern of round r from
+        fresh random weights at step 0. That pattern is pruned from the ticket's weights of
+        round r − 1, not from the control's own: so round r < R also trains the ticket of
+        round r (rewound, as above, without metrics or checkpoint), whose weights give
+        round r + 1 its pattern — R − 1 more training runs than the ticket itself.
         """
         c = self.cfg
         target = self.imp_sparsity(r)
-        shapes = {n: (m.out_features, m.in_features) for n, m in prunable_layers(self.model)}
-        counts = layer_nnz(shapes, target, c.distribution, erk_power_scale=c.erk_power_scale)
-        keep = {}
-        for name, layer in prunable_layers(self.model):
-            if layer.weight.is_sparse:
-                w = layer.weight.value
-                keep[name] = csr_positions(w)[topk_indices(np.abs(w.data), counts[name])]
-            else:
-                keep[name] = topk_indices(np.abs(layer.weight.value).reshape(-1), counts[name])
         if c.imp_control == "rewind":
-            snap = self._rewind_state
-            model = self._new_model(c.seed)
-            model.load_state_dict(snap["model"])
-            model.rng.bit_generator.state = snap["model_rng"]
-            self.model = model
-            self.opt = self._make_optimizer()
-            self.opt.load_state_dict(snap["optim"])
-            self.step = snap["step"]
-            self.data_rng = generator_from_state(snap["data_rng"])
+            self._rewind(self._imp_positions(self.model, target))
         else:
+            # round 1: the dense run, shared by the ticket and the control, is self.model
+            ticket = self.model if r == 1 else self._ticket
+            if ticket is None:
+                raise ValueError(f"prune_and_rewind: round {r} of the reinit control needs the ticket "
+                                 f"of round {r - 1}; run the rounds in order (run_imp)")
+            keep = self._imp_positions(ticket, target)
+            self._ticket = self._train_ticket(keep) if r < c.imp_rounds else None
             self.model = self._new_model(c.seed + 7919 * r)  # fresh random weights
             self.opt = self._make_optimizer()
             self.step = 0
             self.data_rng = np.random.default_rng(c.seed + 1)
-        for name, positions in keep.items():
-            sparsify_with_positions(self.model, name, positions, self.opt)
+            for name, positions in keep.items():
+                sparsify_with_positions(self.model, name, positions, self.opt)
         self.imp_round = r
         return target
 

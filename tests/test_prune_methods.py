@@ -230,6 +230,38 @@ def test_rigl_stops_at_its_end_step():
     assert [t for t in range(1, 100) if m.is_update_step(t)] == [10, 20, 30, 40]
 
 
+@pytest.mark.parametrize("method", ["set", "rigl"])
+def test_rigl_update_steps_change_connections_not_weights(tmp_path, method):
+    """Evci et al. 2020, Algorithm 1: at an update step RigL changes the connections *instead
+    of* taking the optimizer step, so the entries it keeps hold the values from before the
+    step and AdamW's step count does not advance. SET steps the optimizer at every step."""
+    tr = make_trainer(tmp_path, sparsity=0.7, method=method, update_every=2, drop_fraction=0.4,
+                      steps=8, update_end=0.9)
+    for step in range(1, 8):
+        before = {n: (csr_positions(m.weight.value), m.weight.value.data.copy()) for n, m in sparse_layers(tr.model)}
+        count = tr.opt.step_count
+        tr.train_step()
+        skipped = method == "rigl" and tr.method.is_update_step(step)
+        assert tr.opt.step_count == count + (0 if skipped else 1), f"step {step}"
+        for n, m in sparse_layers(tr.model):
+            pos, old_pos_data = csr_positions(m.weight.value), before[n]
+            kept = np.isin(pos, old_pos_data[0])
+            old = old_pos_data[1][np.searchsorted(old_pos_data[0], pos[kept])]
+            if skipped:
+                np.testing.assert_array_equal(m.weight.value.data[kept], old, err_msg=f"step {step}, {n}")
+            else:
+                assert not np.array_equal(m.weight.value.data[kept], old), f"step {step}, {n}"
+
+
+def test_method_arguments_take_numpy_numbers_and_rigl_needs_its_end():
+    assert SET(np.float32(0.9), every=2, drop_fraction=0.3).sparsity == pytest.approx(0.9)
+    assert RigL(np.float64(0.5), every=np.int64(2), drop_fraction=0.3, end=np.int64(10)).end == 10
+    with pytest.raises(ValueError, match=r"end: expected a positive step number .*None"):
+        RigL(0.8, every=2, drop_fraction=0.3, end=None)
+    with pytest.raises(ValueError, match=r"end: .*got 0"):
+        RigL(0.8, every=2, drop_fraction=0.3, end=0)
+
+
 def test_gmp_prunes_on_schedule_to_the_exact_counts(tmp_path):
     tr = make_trainer(tmp_path, sparsity=0.75, method="gmp", steps=20, prune_begin=0.2,
                       prune_end=0.6, prune_every=2)
@@ -315,6 +347,44 @@ def test_imp_reinit_control_uses_fresh_weights(tmp_path):
     for n, lin in sparse_layers(tr.model):
         pos = csr_positions(lin.weight.value)
         assert not np.array_equal(lin.weight.value.data, init[f"{n}.weight"].reshape(-1)[pos])
+
+
+def _imp_patterns(tmp_path, control):
+    """Each round's pattern of an IMP run: {round: {layer: positions}}."""
+    (tmp_path / control).mkdir()
+    tr = make_trainer(tmp_path / control, sparsity=0.75, method="imp", steps=6, imp_rounds=3, imp_rewind=0.5,
+                      imp_control=control)
+    patterns, prune = {}, tr.prune_and_rewind
+
+    def record(r):
+        target = prune(r)
+        patterns[r] = {n: csr_positions(lin.weight.value) for n, lin in sparse_layers(tr.model)}
+        return target
+
+    tr.prune_and_rewind = record
+    tr.run_imp()
+    return patterns
+
+
+def test_imp_reinit_control_trains_the_tickets_pattern_in_every_round(tmp_path):
+    """Frankle & Carbin's control re-initialises the winning ticket: its round-r pattern is
+    the ticket's, pruned from the ticket's weights of round r − 1 — not from the control's
+    own (which gave another pattern from round 2 on)."""
+    ticket, control = _imp_patterns(tmp_path, "rewind"), _imp_patterns(tmp_path, "reinit")
+    assert sorted(ticket) == sorted(control) == [1, 2, 3]
+    for r in ticket:
+        assert ticket[r].keys() == control[r].keys()
+        for n in ticket[r]:
+            np.testing.assert_array_equal(control[r][n], ticket[r][n], err_msg=f"round {r}, {n}")
+
+
+def test_imp_rewind_to_the_last_step_is_refused():
+    from refsparse.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"imp_rewind: expected .*k < steps=10.*1\.0 \(k = 10\)"):
+        TrainConfig(method="imp", sparsity=0.5, steps=10, warmup_steps=0, imp_rewind=1.0).validate()
+    TrainConfig(method="imp", sparsity=0.5, steps=10, warmup_steps=0, imp_rewind=0.9).validate()
+    TrainConfig(method="gmp", sparsity=0.5, steps=10, warmup_steps=0, imp_rewind=1.0).validate()  # unused
 
 
 # -- checkpoints and resume ---------------------------------------------------------------

@@ -180,7 +180,7 @@ class SparseMethod:
     name = "base"
 
     def __init__(self, sparsity, *, distribution="uniform", seed=0, erk_power_scale=1.0):
-        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) \
+        if isinstance(sparsity, (bool, np.bool_)) or not isinstance(sparsity, (int, float, np.integer, np.floating)) \
                 or not 0.0 <= float(sparsity) < 1.0:
             raise ValueError(f"sparsity: expected a number in [0, 1), got {sparsity!r}")
         if distribution not in ("uniform", "erk"):
@@ -204,6 +204,11 @@ class SparseMethod:
 
     def after_step(self, step, model, optimizer):
         """Called after update ``step`` was applied; returns True when a pattern changed."""
+        return False
+
+    def skips_optimizer_step(self, step):
+        """True when update ``step`` changes the pattern *instead of* the weights (RigL's
+        update steps): the trainer then does not call the optimizer at that step."""
         return False
 
     # the random stream is part of a run's state: checkpoints save and restore it
@@ -396,7 +401,9 @@ class RigL(_DropGrow):
     k = round(f(t) · nnz) and f the cosine-annealed :func:`cosine_drop_fraction`:
     drop the k stored entries of smallest |w|; grow the k positions not kept where the
     *dense* gradient |∂L/∂W_ij| = |Σ_n dY[n, i] · X[n, j]| of the update's batch is
-    largest (ties to the lower position). The dense gradient exists only at update
+    largest (ties to the lower position). As in the paper's Algorithm 1, an update step
+    changes the connections instead of the weights: the optimizer does not step there
+    (:meth:`skips_optimizer_step`). The dense gradient exists only at update
     steps and only in blocks of ``block_rows`` rows: (block_rows, in) at a time,
     never (out, in).
     """
@@ -404,8 +411,17 @@ class RigL(_DropGrow):
     name = "rigl"
 
     def __init__(self, sparsity, *, every, drop_fraction, end, block_rows=64, **kw):
+        if isinstance(end, bool) or not isinstance(end, (int, np.integer)) or end < 1:
+            raise ValueError(f"end: expected a positive step number (RigL's T_end, which its cosine "
+                             f"schedule divides by), got {end!r}")
         super().__init__(sparsity, every=every, drop_fraction=drop_fraction, end=end, **kw)
         self.block_rows = int(block_rows)
+
+    def skips_optimizer_step(self, step):
+        """RigL's Algorithm 1: at an update step the connections change and the weights do
+        not (``if t mod ΔT = 0 and t < T_end: update connections, else θ ← θ − α∇θL``),
+        so the drop ranks the weights as they were before the step."""
+        return self.sparsity > 0 and self.is_update_step(step)
 
     def fraction(self, step):
         """The cosine-annealed drop fraction f(step)."""
