@@ -11,7 +11,8 @@ estimated in float64 with the five-point central difference
 
     ∂L/∂x[i] ≈ (−L(x + 2h e_i) + 8 L(x + h e_i) − 8 L(x − h e_i) + L(x − 2h e_i)) / 12h,
 
-whose truncation error is O(h⁴) and rounding error about u·Σ|g ⊙ y| / h (u = 2⁻⁵³);
+whose truncation error is O(h⁴) and rounding error about ε·Σ|g ⊙ y| / h (ε = 2⁻⁵², float64's
+machine epsilon);
 h = 1e-5 makes both small enough to resolve a relative error of 1e-7 on ordinary
 layers (the plain two-point difference, O(h²), cannot in deep stacks).
 

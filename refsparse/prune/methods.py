@@ -28,7 +28,8 @@ Iterative magnitude pruning with rewinding (lottery tickets) spans several whole
 training runs, so it lives in the training loop (:meth:`refsparse.train.Trainer.run_imp`)
 and uses :func:`prune_to_count` from here.
 
-Changing a pattern, the rules every method keeps (DESIGN.md, "sparse parameters"):
+Changing a pattern, the rules every method keeps (the project's design notes, "sparse
+parameters"; docs/sparse-training.md):
 
 - the number of stored entries of a layer is exactly what the schedule says;
 - an entry stored both before and after an update *continues*: its value and its
