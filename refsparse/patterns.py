@@ -75,6 +75,7 @@ __all__ = [
 ]
 
 _INT32_MAX = np.iinfo(np.int32).max
+_INT_MAX = 2**62  # the largest int argument the builders take: their int64 arithmetic stays exact
 
 
 # ----------------------------------------------------------------------------------------
@@ -89,6 +90,8 @@ def _check_int(name, value, low=None, high=None):
         raise ValueError(f"{name}: expected an int >= {low}, got {value}")
     if high is not None and value > high:
         raise ValueError(f"{name}: expected an int <= {high}, got {value}")
+    if value > _INT_MAX:  # NumPy's int64 arithmetic would overflow; no pattern needs more
+        raise ValueError(f"{name}: expected an int <= 2**62, got {value}")
     return value
 
 
@@ -280,8 +283,8 @@ def local(t, window, causal=True):
         causal=False:  |i − j| < window             nnz per row: up to 2·window − 1
 
     So ``window`` is the same radius in both modes and ``local(t, w, True)`` is exactly
-    ``causal_only(local(t, w, False))``. (Longformer's "window size w" counts both sides, w/2 each:
-    its w is our 2·window − 1.) Every row holds at least the query itself.
+    ``causal_only(local(t, w, False))``. (Longformer's "window size w" is w/2 keys on each side
+    and the query: its w is our 2·window − 2.) Every row holds at least the query itself.
     """
     t = _check_int("t", t, 1)
     window = _check_int("window", window, 1)
@@ -396,11 +399,10 @@ def _check_indices(name, indices, t):
         raise ValueError(f"{name}: expected a 1-D sequence of ints, got shape {arr.shape}")
     if arr.size and (arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"{name}: expected ints, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= t):
+    if arr.size and (arr.min() < 0 or arr.max() >= t):  # before any cast, which could wrap
         bad = arr[(arr < 0) | (arr >= t)][0]
         raise ValueError(f"{name}: expected indices in [0, {t}), got {bad}")
-    return np.unique(arr)
+    return np.unique(arr.astype(np.int64))
 
 
 def global_tokens(t, indices, causal=False):
@@ -836,7 +838,16 @@ def format_spec(terms):
                 text = str(int(value))
             items.append(f"{key}={text}")
         out.append(name + (":" + ",".join(items) if items else ""))
-    return "+".join(out)
+    spec = "+".join(out)
+    # the spec must say what it was given: unknown keys and values that did not survive the
+    # conversion (3.7 written as 3) are refused, as parse_spec and the builders refuse them
+    for (name, params), (_, parsed) in zip(terms, parse_spec(spec)):
+        for key, value in params.items():
+            same = (list(map(int, value)) == list(parsed[key]) if isinstance(value, (list, tuple, np.ndarray))
+                    else parsed[key] == value)
+            if not same:
+                raise ValueError(f"terms: {name} {key}={value!r} is not a value its spec can hold")
+    return spec
 
 
 def parse(spec, t):
@@ -871,14 +882,14 @@ def stats(pattern):
         return [stats(ph) for ph in p]
     per_row = np.diff(p.indptr)  # (Tq,)
     t_q, t_k = p.shape
-    return {
+    return {  # a pattern with no rows or no columns: zeros
         "nnz": int(p.nnz),
         "rows": int(t_q),
         "cols": int(t_k),
-        "min_per_row": int(per_row.min()),
-        "mean_per_row": float(per_row.mean()),
-        "max_per_row": int(per_row.max()),
-        "density": float(p.nnz / (t_q * t_k)),
+        "min_per_row": int(per_row.min(initial=t_k)) if t_q else 0,
+        "mean_per_row": float(per_row.mean()) if t_q else 0.0,
+        "max_per_row": int(per_row.max(initial=0)),
+        "density": float(p.nnz / (t_q * t_k)) if t_q * t_k else 0.0,
         "empty_rows": int(np.count_nonzero(per_row == 0)),
     }
 
@@ -899,8 +910,10 @@ def reach(patterns_by_layer, residual=False):
     the strided pattern, i reaches j <= i in two steps through k = j + ((i − j) mod l), since
     k − j < l (k's window holds j) and (i − k) mod l = 0 (i's stride holds k); so
     ``reach([strided(T, l)] * 2) == causal(T)``, for any l, while each row stores only
-    O(√T) keys when l ≈ √T. The same holds for the factorised heads, ``reach([A1, A2])`` and
-    ``reach([A2, A1])``, and for the fixed pattern through the summary columns.
+    O(√T) keys when l ≈ √T. The same holds for strided's factorised heads in separate layers,
+    ``reach([A1, A2])`` and ``reach([A2, A1])``. The fixed pattern reaches every earlier
+    position in two layers through its summary columns only when each layer holds both of its
+    components (the union, or both heads in each layer): its heads in separate layers do not.
     The product is computed sparsely by scipy, re-canonicalised as bool after every layer; it
     can fill up to Tq·Tk entries, so this is a tool for small T.
     """

@@ -737,3 +737,30 @@ def test_mask_keys_drops_padded_keys_per_batch_element():
         P.mask_keys(pat, kpm[:, :5])
     with pytest.raises(TypeError, match="key_padding_mask"):
         P.mask_keys(pat, kpm.astype(int))
+
+
+def test_edge_arguments_get_a_result_or_a_named_error():
+    """From a review: huge ints, unsigned indices, empty shapes, a spec that cannot say a value."""
+    assert (P.local(16, 2**62) != P.causal(16)).nnz == 0  # any window past T is causal(T)
+    for build in (lambda: P.local(16, 10**20), lambda: P.strided(16, 2**63), lambda: P.fixed(16, 10**20, 1),
+                  lambda: P.random(16, 10**20), lambda: P.parse("local:window=99999999999999999999", 16)):
+        with pytest.raises(ValueError, match=r"(window|stride|block|per_row): expected an int <= 2\*\*62"):
+            build()
+    with pytest.raises(ValueError, match=r"indices: expected indices in \[0, 8\), got 9223372036854775808"):
+        P.global_tokens(8, np.array([2**63], np.uint64))
+    for shape in [(0, 3), (3, 0), (0, 0)]:
+        s = P.stats(P.as_pattern(np.zeros(shape, bool)))
+        assert (s["nnz"], s["min_per_row"], s["max_per_row"], s["density"]) == (0, 0, 0, 0.0)
+        assert s["empty_rows"] == shape[0]
+    with pytest.raises(ValueError, match=r"terms: local window=3\.7"):
+        P.format_spec([("local", {"window": 3.7})])
+    with pytest.raises(ValueError, match="unknown key 'width'"):
+        P.format_spec([("local", {"width": 3})])
+
+
+def test_longformer_window_size_is_two_windows_minus_two():
+    """Longformer's w: w/2 keys on each side and the query (Beltagy et al. 2020, §3.1)."""
+    window = 5
+    per_row = np.diff(P.local(64, window, causal=False).indptr)
+    w = 2 * window - 2
+    assert per_row.max() == w + 1 == per_row[32]
