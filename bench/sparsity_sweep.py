@@ -82,8 +82,9 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--reuse", metavar="JSON", action="append", default=[],
                    help="take every run whose settings match one in this earlier sweep's JSON "
-                        "instead of training it again (same settings and seed give the same "
-                        "losses); may be given more than once")
+                        "instead of training it again (same settings, seed and code give the same "
+                        "losses); reused rows are marked † and keep that sweep's wall times; may "
+                        "be given more than once")
     p.add_argument("--output", default="sparsity_sweep.json", help="file name under bench/results/")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -120,8 +121,8 @@ def main():
     earlier = {}
     for path in args.reuse:
         with open(path) as f:
-            for r in json.load(f)["results"]:
-                earlier.setdefault(_key(r["spec"]), r)
+            for r in json.load(f)["results"]:  # marked: another sweep, maybe of other code
+                earlier.setdefault(_key(r["spec"]), {**r, "reused_from": os.path.abspath(path)})
     reused = {i: earlier[_key(spec)] for i, spec in enumerate(specs) if _key(spec) in earlier}
     for i in reused:
         print(f"  {specs[i].get('method', 'dense'):>6} s={specs[i].get('sparsity', 0.0):<4}  "
@@ -141,7 +142,8 @@ def main():
     for r in results:
         spec = r["spec"]
         s = spec.get("sparsity", 0.0)
-        rows.append([spec.get("method", "dense") if s else "dense", f"{s:.2f}",
+        mark = " †" if "reused_from" in r else ""  # not trained by this sweep
+        rows.append([(spec.get("method", "dense") if s else "dense") + mark, f"{s:.2f}",
                      f"{r['val_loss']:.4f}", f"{r['val_loss'] / r['unigram_entropy']:.3f}",
                      f"{r['wall_s']:.0f}", f"{r['stored']:,}" if r["sparse_layers"] else "—",
                      f"{r['checkpoint_bytes'] / 1e6:.2f}",
@@ -150,7 +152,10 @@ def main():
                             "stored sparse weights", "checkpoint MB", "size ÷ dense"], rows)
     command = "python bench/sparsity_sweep.py " + " ".join(sys.argv[1:])
     print(table)
-    print(f"\n{len(results)} runs in {total / 60:.1f} min; command: {command}")
+    print(f"\n{len(results) - len(reused)} runs trained in {total / 60:.1f} min; command: {command}")
+    if reused:
+        print(f"† {len(reused)} runs reused from {', '.join(args.reuse)}, not trained by this sweep: "
+              "their wall times are another sweep's, and that sweep may have run other code")
     path = write_json(args.output, {"command": command, "results": results,
                                               "total_s": total, "env": environment()})
     print(f"wrote {path}")
