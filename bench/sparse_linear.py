@@ -22,6 +22,22 @@ stored entries; float64 to 1e-12, float32 to 1e-4 relative to the largest entry)
 warms up and takes the median of several timed calls (at least 3, or 1 when a call takes
 over a second). Times include allocating the outputs, as numpy's do.
 
+What the timed calls leave out, for every library:
+
+- refsparse's preparation of a pattern. Wᵀ's structure (built in O(nnz log nnz)) and the
+  forward's block pointers are made once per pattern and cached on the weight, as they are in
+  training, where a pattern lives for many steps (SET and RigL change it every 50). The first
+  call builds them; the timed calls reuse them. Measured here, float32: the transpose takes
+  13.3, 8.0, 4.8 and 0.9 ms for 2048×512 at 80, 90, 95 and 99%, and 11.4, 6.1, 3.5 and 1.2 ms
+  for 512×2048. That is 13–50% of one dX or dW call, so a pattern used for a single product
+  would not see these ratios. torch and scipy get W as a CSR matrix, built before timing.
+- numpy's bias: its forward is x @ W.T and its backward dX + dW, with no + b and no db,
+  which refsparse, scipy and torch do include. This leaves a few percent out of numpy's
+  times.
+
+Threads: refsparse (Numba) and torch use both cores. scipy's sparse products have no
+parallel kernel and run on one core, so up to 2× of each "× scipy" ratio is the second core.
+
 Effective GFLOP/s count 2 · nnz · N per product (the dense baseline: 2 · out · in · N).
 The break-even sparsity is where refsparse's fwd+bwd time meets dense numpy's (linear
 interpolation between the measured sparsities).

@@ -10,6 +10,11 @@ is the median over all rounds' steps (this machine's speed drifts from minute to
 so one round each can favour either side). The script checks that both sides compute
 the same first loss.
 
+Peak RSS is each process's whole lifetime peak. The torch process also imports numba and
+scipy and builds the refsparse model that it copies its weights from, about 120 MB of its
+figure (measured: 218 MB after ``import torch``, 336 MB once the model is built), so its
+column overstates torch's own memory by that much.
+
 Run it as:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train_step.py
