@@ -9,8 +9,8 @@ from refsparse.checkpoint import load_checkpoint
 from refsparse.cli import _build_train_config, build_parser, main
 from refsparse.train import TrainConfig, Trainer, generate
 
-TINY = dict(d_model=16, n_heads=2, n_layers=1, d_ff=32, seq_len=16, batch_size=2, steps=2,
-            warmup_steps=0, eval_every=2, eval_batches=1, log_every=1, sample_chars=5)
+TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "seq_len": 16, "batch_size": 2, "steps": 2,
+        "warmup_steps": 0, "eval_every": 2, "eval_batches": 1, "log_every": 1, "sample_chars": 5}
 
 
 def set_args(*skip):
