@@ -164,6 +164,8 @@ class Optimizer:
         self.lr = _check_real("lr", lr, low=0.0)
         self.state = {}
         self.step_count = 0
+        # name -> (Parameter, indptr, indices): the sparse pattern the state was last stepped on
+        self._patterns = {}
 
     # -- the training-loop interface ---------------------------------------------------
     def zero_grad(self):
@@ -178,11 +180,11 @@ class Optimizer:
         ------
         ValueError
             When ``lr`` is negative or not finite, when a gradient is not shaped like
-            its parameter's values, or when a sparse weight's number of stored entries
-            changed without a :meth:`remap`. A new pattern with the same number of
-            entries cannot be told from the values' shape, and is not detected: whatever
-            changes a pattern must call :meth:`remap` (``prune.set_pattern`` does, when
-            given the optimizer; SET and RigL give it).
+            its parameter's values, or when a sparse weight's pattern changed since the
+            last step without a :meth:`remap` (another number of entries, or other
+            entries: the pattern each step ran on is kept by reference and compared).
+            ``prune.set_pattern`` calls :meth:`remap` when given the optimizer; SET,
+            RigL, GMP and IMP give it.
         TypeError
             When a gradient's dtype differs from its parameter's.
         """
@@ -201,10 +203,30 @@ class Optimizer:
                         f"now have shape {values.shape}; after changing a sparse pattern call "
                         f"remap({name!r}, old_to_new)"
                     )
+            if self.state.get(name):
+                self._check_pattern(name, p)
+        for name, p in self.params.items():
+            if p.is_sparse:
+                self._patterns[name] = (p, p.value.indptr, p.value.indices)
         self.step_count += 1
         t = self.step_count
         for name, p in self.params.items():
             self._update(name, p.values, p.grad, lr, t)
+
+    def _check_pattern(self, name, p):
+        """ValueError when sparse parameter ``name`` holds another pattern than at the last
+        step, with the same number of entries (the shape check catches other counts), and no
+        :meth:`remap` in between: its state would follow entries it does not belong to. The
+        same pattern in new arrays passes (compared by value only when the arrays are new)."""
+        seen = self._patterns.get(name)
+        if seen is None or seen[0] is not p:
+            return  # never stepped as this Parameter, or remapped since
+        w = p.value
+        if (seen[1] is w.indptr and seen[2] is w.indices) or (
+                np.array_equal(seen[1], w.indptr) and np.array_equal(seen[2], w.indices)):
+            return
+        raise ValueError(f"params[{name!r}]: its sparse pattern changed since the last step without "
+                         f"remap({name!r}, old_to_new), so its optimizer state would belong to other entries")
 
     def _update(self, name, values, grad, lr, t):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -300,6 +322,7 @@ class Optimizer:
         self._set_hyper(hyper)
         self.step_count = step
         self.state = new_state
+        self._patterns = {}  # the loaded state follows the parameters' current patterns
         return self
 
     def _validate_hyper(self, hyper, prefix="state_dict"):
@@ -353,6 +376,7 @@ class Optimizer:
             )
         if kept.size != np.unique(kept).size:
             raise ValueError("old_to_new: an old entry is continued by more than one new entry")
+        self._patterns.pop(name, None)  # checked: the next step takes the new pattern as it finds it
         if not bufs:
             return  # no state yet (before the first step, or SGD without momentum)
         keep = idx >= 0

@@ -710,3 +710,28 @@ def test_adam_kernel_is_bit_identical_to_numpy(dtype, cls, kwargs):
         for buf in ("exp_avg", "exp_avg_sq"):
             assert np.array_equal(opt.state["w"][buf], ref.state["w"][buf]), f"{buf}, step {step}"
     assert mine.value.dtype == dtype
+
+
+def test_a_pattern_swapped_without_remap_is_refused_even_with_the_same_count():
+    """SET and RigL keep the count: a pattern changed by hand without remap, to as many
+    entries, would leave each AdamW moment on another entry. The optimizer keeps the
+    pattern it last stepped on and refuses a different one; the same pattern in new arrays,
+    or a change with remap, passes."""
+    import scipy.sparse as sp
+
+    from refsparse.nn.module import Parameter
+
+    w = sp.csr_array(np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]]))
+    p = Parameter(w)
+    opt = AdamW([("w", p)], lr=0.1)
+    p.grad = np.ones(3)
+    opt.step()
+    p.value = sp.csr_array(w.toarray())  # the same pattern, new arrays: fine
+    opt.step()
+    moved = sp.csr_array(np.array([[1.0, 2.0, 0.0], [0.0, 3.0, 0.0]]))  # 3 entries, one moved
+    p.value = moved
+    with pytest.raises(ValueError, match=r"params\['w'\]: its sparse pattern changed .* remap\('w'"):
+        opt.step()
+    opt.remap("w", np.array([0, -1, 2]))  # (0,0) and (1,1) continue; (0,1) is new
+    opt.step()
+    assert opt.state["w"]["exp_avg"][1] != 0.0  # the new entry's moment started at 0 and moved once
