@@ -59,6 +59,7 @@ __all__ = [
     "intersect",
     "causal_only",
     "with_padding",
+    "mask_keys",
     "as_pattern",
     "check_pattern",
     "is_per_head",
@@ -483,7 +484,7 @@ def block_sparse(layout, block):
     nnz per row: block · (number of True in the row's layout row). The layout is small
     (T / block on a side), so it is a dense array; the pattern itself is never dense.
     """
-    if not isinstance(layout, np.ndarray):
+    if not isinstance(layout, np.ndarray) or isinstance(layout, np.matrix):
         raise TypeError(f"layout: expected a bool numpy.ndarray, got {type(layout).__name__}")
     if layout.dtype != np.bool_:
         raise TypeError(f"layout: expected dtype bool, got {layout.dtype}")

@@ -756,6 +756,9 @@ def test_edge_arguments_get_a_result_or_a_named_error():
         P.format_spec([("local", {"window": 3.7})])
     with pytest.raises(ValueError, match="unknown key 'width'"):
         P.format_spec([("local", {"width": 3})])
+    with pytest.raises(TypeError, match="layout: expected a bool numpy.ndarray, got matrix"):
+        P.block_sparse(np.matrix([[True, False], [False, True]]), 2)
+    assert "mask_keys" in P.__all__
 
 
 def test_longformer_window_size_is_two_windows_minus_two():
