@@ -4,6 +4,7 @@ composition, per-head patterns, the text spec, stats, reach (Child et al.'s two-
 the transposed structure for kernels, input checks, and one large build with no dense array."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -756,8 +757,11 @@ def test_edge_arguments_get_a_result_or_a_named_error():
         P.format_spec([("local", {"window": 3.7})])
     with pytest.raises(ValueError, match="unknown key 'width'"):
         P.format_spec([("local", {"width": 3})])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # NumPy's note on np.matrix
+        layout = np.matrix([[True, False], [False, True]])
     with pytest.raises(TypeError, match="layout: expected a bool numpy.ndarray, got matrix"):
-        P.block_sparse(np.matrix([[True, False], [False, True]]), 2)
+        P.block_sparse(layout, 2)
     assert "mask_keys" in P.__all__
 
 
