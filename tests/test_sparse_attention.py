@@ -303,6 +303,35 @@ def test_same_numbers_on_one_thread_and_on_all():
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**31 - 1), st.sampled_from(["random", "mixed"]))
+def test_shared_segments_kernel_equals_its_numpy_twin(t_q, t_k, seed, kind):
+    """The kernel's G-way merge against the twin's intersections, on patterns with long shared
+    runs (windows, blocks), broken runs (a random key between them) and none (random rows),
+    per head and per batch element, and their transposes (the backward's)."""
+    from refsparse import patterns as P
+    from refsparse.kernels.sparse_attention import shared_segments_numpy
+
+    rng = np.random.default_rng(seed)
+    grid = []
+    for _ in range(2):
+        row = []
+        for _ in range(2):
+            dense = rng.random((t_q, t_k)) < rng.uniform(0.05, 0.5)
+            if kind == "mixed":
+                w = int(rng.integers(1, 12))
+                i, j = np.arange(t_q)[:, None], np.arange(t_k)[None, :]
+                dense |= (j <= i) & (i - j < w)  # a window: long runs shared by groups of rows
+                dense[:, rng.integers(0, t_k, 2)] = rng.random((t_q, 2)) < 0.5  # runs broken here and there
+            row.append(P.as_pattern(dense))
+        grid.append(row)
+    pp = prepare_pattern(grid)
+    for ip, idx, start, length in [(pp.indptr, pp.indices, pp.seg_start, pp.seg_len),
+                                   (pp.t_indptr, pp.t_indices, pp.t_seg_start, pp.t_seg_len)]:
+        twin_start, twin_length = shared_segments_numpy(ip, idx)
+        np.testing.assert_array_equal(length, twin_length)
+        np.testing.assert_array_equal(start, twin_start)
+
+
 def test_shared_segments_of_a_causal_window():
     from refsparse import patterns as P
     from refsparse.kernels.sparse_attention import shared_segments

@@ -121,6 +121,7 @@ def shared_segments(indptr, indices):
     n_groups = ceil(T / G). Where seg_len is 0, seg_start holds each row's first offset.
 
     A G-way merge of the sorted rows: O(nnz) per pattern, run once by prepare_pattern.
+    Ties go to the first (lowest-key) longest run. NumPy twin: :func:`shared_segments_numpy`.
     """
     PB, PH, T1 = indptr.shape
     T = T1 - 1
@@ -178,6 +179,45 @@ def shared_segments(indptr, indices):
                         last[r] = pos[r]
                         pos[r] += 1
                 seg_len[pb, ph, g] = best
+    return seg_start, seg_len
+
+
+def shared_segments_numpy(indptr, indices):
+    """:func:`shared_segments` in plain NumPy, for reading and for the tests.
+
+    Per full group of G rows: the keys all G rows hold (``np.intersect1d``), each one's
+    position in every row, and the runs of shared keys whose positions advance by exactly 1
+    in every row from one shared key to the next; the first longest run wins.
+    """
+    PB, PH, T1 = indptr.shape
+    T = T1 - 1
+    n_groups = (T + G - 1) // G
+    seg_start = np.zeros((PB, PH, n_groups, G), dtype=np.int64)
+    seg_len = np.zeros((PB, PH, n_groups), dtype=np.int64)
+    for pb in range(PB):
+        for ph in range(PH):
+            ip = indptr[pb, ph]  # (T+1,)
+            for g in range(n_groups):
+                i0 = g * G
+                seg_start[pb, ph, g] = ip[np.minimum(np.arange(i0, i0 + G), T)]  # each row's first offset
+                if i0 + G > T:
+                    continue  # a short last group: general path only
+                rows = [indices[ip[i0 + r]:ip[i0 + r + 1]] for r in range(G)]
+                common = rows[0]
+                for row in rows[1:]:
+                    common = np.intersect1d(common, row)  # (n,) sorted keys all rows hold
+                if common.size == 0:
+                    continue
+                pos = np.stack([ip[i0 + r] + np.searchsorted(rows[r], common) for r in range(G)])  # (G, n)
+                goes_on = np.all(np.diff(pos, axis=1) == 1, axis=0)  # (n-1,) key k+1 continues k's run
+                best, best_at, run_at = 0, 0, 0
+                for k in range(common.size):
+                    if k > 0 and not goes_on[k - 1]:
+                        run_at = k
+                    if k - run_at + 1 > best:
+                        best, best_at = k - run_at + 1, run_at
+                seg_len[pb, ph, g] = best
+                seg_start[pb, ph, g] = pos[:, best_at]
     return seg_start, seg_len
 
 
