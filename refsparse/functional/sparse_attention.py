@@ -38,6 +38,7 @@ from ..kernels.sparse_attention import (
     sparse_attention_bwd,
     sparse_attention_fwd,
 )
+from ..patterns import check_pattern
 from ._common import check_upstream
 
 __all__ = ["PreparedPattern", "SparseAttentionCache", "prepare_pattern",
@@ -122,10 +123,7 @@ def prepare_pattern(pattern):
                                 f"refsparse.patterns.as_pattern converts other inputs), got dtype {p.dtype}")
             csr = sp.csr_array(p)
             csr.sum_duplicates()  # canonical: sorted indices, no duplicates
-            if not csr.data.all():
-                raise ValueError(f"{where}: expected every stored value True (stored ⇔ allowed), got "
-                                 f"{int(np.count_nonzero(~csr.data))} stored False; call "
-                                 "refsparse.patterns.as_pattern on it first")
+            check_pattern(where, csr)  # and no stored False
             csc = csr.tocsc()  # column j's rows are the queries attending to key j
             csc.sort_indices()
             n = csr.indices.size
