@@ -176,9 +176,10 @@ def test_backward_tiles_take_pairs_where_w_has_the_entries():
 
 
 @given(problems(max_n=200, max_features=70))
-def test_column_blocked_forward_equals_twin(problem):
-    """The forward with its rows split at every column block it can get (blocks of as
-    few as one input, empty blocks and empty rows included) is still the twin."""
+def test_blocked_forward_and_backward_equal_twin(problem):
+    """The forward with W's rows split at every column block it can get, and the backward
+    with Wᵀ's rows split at every output block (blocks of as few as one feature, empty
+    blocks and empty rows included), are still the twin."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SL, "BLOCK_BYTES", 1)  # as many blocks as columns …
         mp.setattr(SL, "MIN_BLOCK_ENTRIES", 0)  # … whatever the rows hold
@@ -198,6 +199,70 @@ def test_column_blocks_follow_the_tile_and_the_rows():
         assert SL.column_blocks(w, 64, np.float32) == 2
     empty = csr_from_mask(np.zeros((4, 512), bool), np.zeros((4, 512)))
     assert SL.column_blocks(empty, 64, np.float32) == 1
+
+
+def test_output_blocks_follow_the_tile_and_the_columns():
+    rng = np.random.default_rng(5)
+    w = csr_from_mask(rng.random((512, 64)) < 0.5, rng.standard_normal((512, 64)))  # ~256 per column
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SL, "BLOCK_BYTES", 32 * 1024)
+        mp.setattr(SL, "MIN_BLOCK_ENTRIES", 16)
+        assert SL.output_blocks(w, 64, np.float32) == 4  # 512 outputs · 64 · 4 bytes = 4 blocks of 32 KB
+        assert SL.output_blocks(w, 64, np.float64) == 8
+        mp.setattr(SL, "MIN_BLOCK_ENTRIES", 100)  # ~256 per column affords only 2 blocks of 100
+        assert SL.output_blocks(w, 64, np.float32) == 2
+    empty = csr_from_mask(np.zeros((512, 4), bool), np.zeros((512, 4)))
+    assert SL.output_blocks(empty, 64, np.float32) == 1
+
+
+@pytest.mark.parametrize("nb", [1, 2, 3, 7])
+def test_transposed_block_pointers_split_each_column_at_the_block_edges(nb):
+    rng = np.random.default_rng(8)
+    mask = rng.random((20, 11)) < 0.4
+    mask[:, 3] = False
+    w = csr_from_mask(mask, rng.standard_normal((20, 11)))
+    bp = SL.transposed_block_pointers(w, nb)
+    t_indptr, t_indices, _ = SL._transpose(w)
+    ob = -(-20 // nb)
+    assert bp.shape == (11, nb + 1)
+    for j in range(11):
+        outputs = np.flatnonzero(mask[:, j])  # by definition: row j of Wᵀ, its outputs in order
+        for b in range(nb + 1):
+            assert bp[j, b] == t_indptr[j] + np.count_nonzero(outputs < ob * b)
+    assert SL.transposed_block_pointers(w, nb) is bp  # built once per pattern and block count
+
+
+def test_backward_numbers_do_not_depend_on_the_output_blocks():
+    """A row of Wᵀ in NB blocks carries its dX sums through memory from block to block:
+    the same additions in the same order, so the same bits as in one pass."""
+    rng = np.random.default_rng(9)
+    w = csr_from_mask(rng.random((300, 70)) < 0.3, rng.standard_normal((300, 70)).astype(np.float32))
+    x = rng.standard_normal((200, 70)).astype(np.float32)
+    dy = rng.standard_normal((200, 300)).astype(np.float32)
+    _, cache = sparse_linear_forward(x, w, None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SL, "BLOCK_BYTES", 1 << 40)  # one block
+        one = sparse_linear_backward(dy, cache)
+        mp.setattr(SL, "BLOCK_BYTES", 1)  # as many as the columns afford
+        mp.setattr(SL, "MIN_BLOCK_ENTRIES", 1)
+        assert SL.output_blocks(w, SL.backward_tile_rows(200, w, np.float32), np.float32) > 10
+        many = sparse_linear_backward(dy, cache)
+    for a, b in zip(one[:2], many[:2]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_sum_parts_into_is_its_numpy_twin(threads):
+    from refsparse.kernels.spmm import sum_parts_into
+
+    rng = np.random.default_rng(threads)
+    parts = rng.standard_normal((threads, 1000))
+    perm = rng.permutation(1000)
+    out = np.empty(1000)
+    sum_parts_into(parts, perm, out)
+    expected = np.empty(1000)
+    expected[perm] = parts.sum(axis=0)  # NumPy adds the rows one after another, as the kernel does
+    np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize("nb", [1, 2, 3, 7])

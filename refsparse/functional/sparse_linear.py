@@ -41,8 +41,8 @@ import scipy.sparse as sp
 
 from .._checks import check_float, check_same_dtype, check_shape
 from ..kernels.simd import VECTOR_BYTES
-from ..kernels.spmm import spmm_backward, spmm_forward
-from ..patterns import _rows_of, transpose_structure
+from ..kernels.spmm import spmm_backward, spmm_forward, sum_parts_into
+from ..patterns import transpose_structure
 from ._common import check_upstream
 
 __all__ = [
@@ -50,7 +50,9 @@ __all__ = [
     "backward_tile_rows",
     "check_sparse_weight",
     "column_blocks",
+    "output_blocks",
     "row_block_pointers",
+    "transposed_block_pointers",
     "sparse_linear_backward",
     "sparse_linear_dw",
     "sparse_linear_dx",
@@ -184,23 +186,51 @@ def column_blocks(weight, tn, dtype):
     return int(max(1, min(wanted, affordable, c_in)))
 
 
+def output_blocks(weight, tn, dtype):
+    """NB for the backward, :func:`column_blocks` turned around: enough output blocks that
+    OB = ⌈C_out / NB⌉ rows of its (C_out, TN) tile of dyᵀ take at most BLOCK_BYTES, but no
+    more than leave MIN_BLOCK_ENTRIES entries per row of Wᵀ and block on average; at
+    least 1."""
+    c_out, c_in = weight.shape
+    tile_bytes = c_out * tn * np.dtype(dtype).itemsize
+    wanted = -(-tile_bytes // BLOCK_BYTES)  # ceil
+    affordable = weight.nnz // max(c_in * MIN_BLOCK_ENTRIES, 1)
+    return int(max(1, min(wanted, affordable, c_out)))
+
+
+def _split_rows(indptr, indices, n_cols, nb):
+    """(rows, NB+1) pointers of a CSR pattern's rows split at NB column blocks of
+    CB = ⌈n_cols / NB⌉: entry [r, b] is the first entry of row r with column >= CB·b."""
+    n_rows = indptr.size - 1
+    cb = max(1, -(-n_cols // nb))
+    rows = np.repeat(np.arange(n_rows), np.diff(indptr))  # (nnz,) the row of each entry
+    counts = np.bincount(rows * nb + indices // cb, minlength=n_rows * nb).reshape(n_rows, nb)
+    bp = np.empty((n_rows, nb + 1), dtype=np.int64)  # (rows, NB+1)
+    bp[:, 0] = indptr[:-1]
+    np.cumsum(counts, axis=1, out=bp[:, 1:])
+    bp[:, 1:] += indptr[:-1, None]
+    return bp
+
+
 def row_block_pointers(weight, nb):
     """(C_out, NB+1) row pointers of W split at NB column blocks of XB = ⌈C_in / NB⌉:
     ``Bp[o, b]`` is the first entry of row o with column >= XB·b (so Bp[:, 0] = Ap[:-1]
     and Bp[:, NB] = Ap[1:]). O(nnz), built once per pattern and block count, and cached
     on the weight as the transpose is."""
-    def build(w):
-        c_out, c_in = w.shape
-        xb = max(1, -(-c_in // nb))
-        rows = _rows_of(w)  # (nnz,) the row of each entry
-        counts = np.bincount(rows * nb + w.indices // xb, minlength=c_out * nb).reshape(c_out, nb)
-        bp = np.empty((c_out, nb + 1), dtype=w.indptr.dtype)  # (C_out, NB+1)
-        bp[:, 0] = w.indptr[:-1]
-        np.cumsum(counts, axis=1, out=bp[:, 1:])
-        bp[:, 1:] += w.indptr[:-1, None]
-        return bp
+    return _cached(weight, f"_refsparse_blocks_{nb}",
+                   lambda w: _split_rows(w.indptr, w.indices, w.shape[1], nb).astype(w.indptr.dtype))
 
-    return _cached(weight, f"_refsparse_blocks_{nb}", build)
+
+def transposed_block_pointers(weight, nb):
+    """(C_in, NB+1) row pointers of Wᵀ (:func:`refsparse.patterns.transpose_structure`)
+    split at NB output blocks of OB = ⌈C_out / NB⌉: ``Bp[j, b]`` is the first entry of
+    row j of Wᵀ with output id >= OB·b — the backward's :func:`row_block_pointers`.
+    Cached on the weight."""
+    def build(w):
+        t_indptr, t_indices, _ = _transpose(w)
+        return _split_rows(t_indptr, t_indices, w.shape[0], nb)
+
+    return _cached(weight, f"_refsparse_t_blocks_{nb}", build)
 
 
 def _check_forward_inputs(x, weight, bias):
@@ -263,17 +293,19 @@ def _backward(dy, cache, want_dx, want_dw, want_db):
     n, dtype = x2.shape[0], x2.dtype
     t_indptr, t_indices, perm = _transpose(weight)
     tn = backward_tile_rows(n, weight, dtype)
+    bp = transposed_block_pointers(weight, output_blocks(weight, tn, dtype))  # (C_in, NB+1)
     threads = numba.get_num_threads()
     cb = chunk_rows(c_in, tn, dtype)
     dx2 = np.empty((n, c_in), dtype=dtype) if want_dx else None  # (N, C_in)
     dw_part = np.zeros((threads, weight.nnz), dtype=dtype) if want_dw else None  # (T, nnz), Wᵀ's order
     db_part = np.zeros((threads, c_out), dtype=dtype) if want_db and has_bias else None  # (T, C_out)
-    spmm_backward(dy2, x2 if want_dw else None, t_indptr, t_indices, weight.data[perm], dx2, dw_part,
+    at = weight.data[perm] if want_dx else weight.data[:0]  # (nnz,) W's values in Wᵀ's order, for dX only
+    spmm_backward(dy2, x2 if want_dw else None, bp, t_indices, at, dx2, dw_part,
                   db_part, _scratch(c_out, tn, dtype), _scratch(cb, tn, dtype), _scratch(cb, tn, dtype))
     dweight = None
     if want_dw:
         dweight = np.empty(weight.nnz, dtype=dtype)  # (nnz,) aligned with weight.data
-        dweight[perm] = dw_part.sum(axis=0)
+        sum_parts_into(dw_part, perm, dweight)  # dweight[perm] = dw_part.sum(axis=0)
     dbias = db_part.sum(axis=0) if db_part is not None else None  # (C_out,)
     return dx2, dweight, dbias
 
