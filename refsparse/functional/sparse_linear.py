@@ -52,12 +52,12 @@ __all__ = [
     "column_blocks",
     "output_blocks",
     "row_block_pointers",
-    "transposed_block_pointers",
     "sparse_linear_backward",
     "sparse_linear_dw",
     "sparse_linear_dx",
     "sparse_linear_forward",
     "tile_rows",
+    "transposed_block_pointers",
 ]
 
 
@@ -291,7 +291,7 @@ def _backward(dy, cache, want_dx, want_dw, want_db):
     x2, weight, _, has_bias, dy2 = _unpack(dy, cache)
     c_out, c_in = weight.shape
     n, dtype = x2.shape[0], x2.dtype
-    t_indptr, t_indices, perm = _transpose(weight)
+    _, t_indices, perm = _transpose(weight)
     tn = backward_tile_rows(n, weight, dtype)
     bp = transposed_block_pointers(weight, output_blocks(weight, tn, dtype))  # (C_in, NB+1)
     threads = numba.get_num_threads()

@@ -62,7 +62,9 @@ tiles a thread gets — hence the summation order — depend only on N, TN and T
 the forward finishes OB outputs at a time (ot, then stored transposed into y), the
 backward CB input columns at a time (xt and dxt), so that the chunk and the cached tile
 share the cache. The forward also reads its tile xt in column blocks that fit the L1
-cache, each row of W split at the block edges (``Bp``); see :func:`spmm_forward`.
+cache, each row of W split at the block edges (``Bp``), and the backward its tile gt in
+output blocks, each row of Wᵀ split likewise; see :func:`spmm_forward` and
+:func:`spmm_backward`.
 
 **Tail tile.** The last tile may hold m < TN rows; its transposed buffers are zero-padded
 to TN so that the vector loops always run over TN lanes (padding contributes 0 to the dot
@@ -73,8 +75,8 @@ the dense masked weight ``W.toarray()`` — the tests hold every kernel here to 
 
 Cost, per product: 2 · nnz · N flops, plus O(N · (C_in + C_out)) for the transposes.
 Memory besides inputs and outputs: the scratch buffers, T · TN · (C_in + OB) forward and
-T · TN · (C_out + 2 CB) backward, plus ``dw_part`` (T, nnz) and the forward's block
-pointers (C_out, NB+1).
+T · TN · (C_out + 2 CB) backward, plus ``dw_part`` (T, nnz) and the block pointers,
+(C_out, NB+1) forward and (C_in, NB+1) backward.
 """
 
 from __future__ import annotations
