@@ -199,7 +199,12 @@ def _from_ranges(t_q, t_k, start, stop):
 
 def _rows_of(p):
     """The row of every stored entry, int64 (nnz,)."""
-    return np.repeat(np.arange(p.shape[0], dtype=np.int64), np.diff(p.indptr))
+    return _entry_rows(p.indptr)
+
+
+def _entry_rows(indptr):
+    """The row of every entry of a CSR structure given by its row pointers, int64 (nnz,)."""
+    return np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
 
 
 def _keys(p):

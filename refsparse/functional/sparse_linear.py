@@ -42,7 +42,7 @@ import scipy.sparse as sp
 from .._checks import check_float, check_same_dtype, check_shape
 from ..kernels.simd import VECTOR_BYTES
 from ..kernels.spmm import spmm_backward, spmm_forward, sum_parts_into
-from ..patterns import transpose_structure
+from ..patterns import _entry_rows, transpose_structure
 from ._common import check_upstream
 
 __all__ = [
@@ -203,7 +203,7 @@ def _split_rows(indptr, indices, n_cols, nb):
     CB = ⌈n_cols / NB⌉: entry [r, b] is the first entry of row r with column >= CB·b."""
     n_rows = indptr.size - 1
     cb = max(1, -(-n_cols // nb))
-    rows = np.repeat(np.arange(n_rows), np.diff(indptr))  # (nnz,) the row of each entry
+    rows = _entry_rows(indptr)  # (nnz,) the row of each entry
     counts = np.bincount(rows * nb + indices // cb, minlength=n_rows * nb).reshape(n_rows, nb)
     bp = np.empty((n_rows, nb + 1), dtype=np.int64)  # (rows, NB+1)
     bp[:, 0] = indptr[:-1]
