@@ -24,7 +24,8 @@ from refsparse.functional.sparse_attention import (
     sparse_attention_forward,
 )
 from refsparse.gradcheck import check_op
-from refsparse.kernels.simd import VECTOR_BYTES, vlanes
+from refsparse.kernels.simd import CACHE_LINE, VECTOR_BYTES, vlanes
+from refsparse.kernels.sparse_attention import new_slabs, new_work
 
 
 def lanes(dtype):
@@ -405,6 +406,24 @@ def test_views_of_split_heads_are_used_without_copy():
     assert np.shares_memory(cache.q, x)
     merged = out.transpose(0, 2, 1, 3).reshape(2, 6, 8)
     assert np.shares_memory(merged, cache.out)  # merging heads costs no copy
+
+
+def test_outputs_and_scratch_start_on_a_cache_line():
+    """The arrays the kernels write with vector stores start on a cache line, and the
+    scratch rows are whole lines, for any T and pattern width."""
+    rng = np.random.default_rng(6)
+    for dtype, T in ((np.float32, 37), (np.float64, 50)):
+        q, k, v = (rng.standard_normal((1, 2, T, 8)).astype(dtype) for _ in range(3))
+        out, cache = sparse_attention_forward(q, k, v, P.local(T, 5))
+        grads = sparse_attention_backward(np.ones_like(out), cache)
+        for a in (cache.out, cache.lse) + tuple(g.transpose(0, 2, 1, 3) for g in grads):
+            assert a.ctypes.data % CACHE_LINE == 0
+        line = CACHE_LINE // np.dtype(dtype).itemsize
+        work = new_work(13, dtype)
+        assert work.ctypes.data % CACHE_LINE == 0 and work.shape[-1] % line == 0 and work.shape[-1] >= 13 + vlanes(work)
+        for a in new_slabs(2, T, (8, 8), dtype, transposed=(True, True), partials=8):
+            assert a.ctypes.data % CACHE_LINE == 0
+            assert a.shape[-1] == 8 or (a.shape[-1] % line == 0 and a.shape[-1] >= T + vlanes(a))
 
 
 def test_bad_input_is_named():

@@ -29,7 +29,7 @@ from refsparse.functional.sparse_linear import (
     sparse_linear_forward,
 )
 from refsparse.gradcheck import check_module, check_op
-from refsparse.kernels.simd import VECTOR_BYTES
+from refsparse.kernels.simd import CACHE_LINE, VECTOR_BYTES
 from refsparse.nn.layers import Linear
 from refsparse.nn.sparse import SparseLinear, random_pattern
 from refsparse.optim import AdamW
@@ -327,6 +327,16 @@ def test_empty_batch():
     dx, dw, db = sparse_linear_backward(np.zeros((0, 3)), cache)
     assert y.shape == (0, 3) and dx.shape == (0, 4)
     assert np.all(dw == 0) and dw.shape == (12,) and np.all(db == 0)
+
+
+def test_outputs_start_on_a_cache_line():
+    """y and dx are stored from transposed tiles in whole lines: both start on one."""
+    rng = np.random.default_rng(5)
+    w = csr_from_mask(rng.random((24, 40)) < 0.3, rng.standard_normal((24, 40)))
+    for dtype in (np.float32, np.float64):
+        y, cache = sparse_linear_forward(rng.standard_normal((70, 40)).astype(dtype), w.astype(dtype), None)
+        dx, _, _ = sparse_linear_backward(rng.standard_normal((70, 24)).astype(dtype), cache)
+        assert y.ctypes.data % CACHE_LINE == 0 and dx.ctypes.data % CACHE_LINE == 0
 
 
 # ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._checks import check_float, check_same_dtype, check_shape
+from ..kernels.simd import aligned_empty
 from ..kernels.sparse_attention import (
     new_slabs,
     new_work,
@@ -197,8 +198,8 @@ def sparse_attention_forward(q, k, v, pattern):
     dtype = q.dtype
     scale = dtype.type(1.0 / math.sqrt(D)) if D > 0 else dtype.type(1.0)
     qt, kt, vt = _to_kernel_layout(q), _to_kernel_layout(k), _to_kernel_layout(v)  # (B, T, H, D)
-    out = np.empty((B, Tq, H, v.shape[3]), dtype=dtype)  # (B, Tq, H, Dv)
-    lse = np.empty((B, H, Tq), dtype=dtype)
+    out = aligned_empty((B, Tq, H, v.shape[3]), dtype)  # (B, Tq, H, Dv)
+    lse = aligned_empty((B, H, Tq), dtype)
     work = new_work(pp.width, dtype)  # (n_threads, 2, KB·G, width + L) scratch rows of scores
     # one slab of heads' keys and values, and the keys transposed
     ks, vs, ks_t, vs_t = new_slabs(B * H, Tk, (D, v.shape[3]), dtype, transposed=(True, False))
@@ -223,10 +224,10 @@ def sparse_attention_backward(dout, cache):
     B, Tq, H, D = q.shape
     check_upstream("dout", dout, (B, H, Tq, v.shape[3]), q.dtype)
     dO = _to_kernel_layout(dout)  # (B, Tq, H, Dv)
-    dq = np.empty_like(q)  # (B, Tq, H, D)
-    dk = np.empty_like(k)
-    dv = np.empty_like(v)
-    delta = np.empty((B, H, Tq), dtype=q.dtype)
+    dq = aligned_empty(q.shape, q.dtype)  # (B, Tq, H, D)
+    dk = aligned_empty(k.shape, k.dtype)
+    dv = aligned_empty(v.shape, v.dtype)
+    delta = aligned_empty((B, H, Tq), q.dtype)
     work = new_work(pp.width, q.dtype)  # (n_threads, 2, KB·G, width + L) scratch rows
     Dv = v.shape[3]
     # one slab of heads' queries and output gradients, as rows and transposed, and the

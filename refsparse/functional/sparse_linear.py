@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._checks import check_float, check_same_dtype, check_shape
-from ..kernels.simd import VECTOR_BYTES
+from ..kernels.simd import VECTOR_BYTES, aligned_empty
 from ..kernels.spmm import spmm_backward, spmm_forward, sum_parts_into
 from ..patterns import _entry_rows, transpose_structure
 from ._common import check_upstream
@@ -161,8 +161,10 @@ def chunk_rows(rows, tn, dtype):
 
 
 def _scratch(rows, tn, dtype):
-    """One (rows, tn) scratch slice per Numba thread; every kernel writes before reading."""
-    return np.empty((numba.get_num_threads(), rows, tn), dtype=dtype)
+    """One (rows, tn) scratch slice per Numba thread; every kernel writes before reading.
+    Cache-line aligned (:func:`~refsparse.kernels.simd.aligned_empty`): every row of a
+    slice is then whole lines, as the kernels' vector loads and stores assume for speed."""
+    return aligned_empty((numba.get_num_threads(), rows, tn), dtype)
 
 
 # The forward's column blocks (:func:`refsparse.kernels.spmm.spmm_forward`): XB rows of
@@ -269,7 +271,7 @@ def sparse_linear_forward(x, weight, bias=None):
     n = x2.shape[0]
     b = bias if bias is not None else np.zeros(c_out, dtype=x.dtype)
     tn = tile_rows(n, x.dtype)
-    y2 = np.empty((n, c_out), dtype=x.dtype)  # (N, C_out)
+    y2 = aligned_empty((n, c_out), x.dtype)  # (N, C_out), rows stored from tiles
     bp = row_block_pointers(weight, column_blocks(weight, tn, x.dtype))  # (C_out, NB+1)
     spmm_forward(x2, bp, weight.indices, weight.data, np.ascontiguousarray(b), y2,
                  _scratch(c_in, tn, x.dtype), _scratch(chunk_rows(c_out, tn, x.dtype), tn, x.dtype))
@@ -296,7 +298,7 @@ def _backward(dy, cache, want_dx, want_dw, want_db):
     bp = transposed_block_pointers(weight, output_blocks(weight, tn, dtype))  # (C_in, NB+1)
     threads = numba.get_num_threads()
     cb = chunk_rows(c_in, tn, dtype)
-    dx2 = np.empty((n, c_in), dtype=dtype) if want_dx else None  # (N, C_in)
+    dx2 = aligned_empty((n, c_in), dtype) if want_dx else None  # (N, C_in), rows stored from tiles
     dw_part = np.zeros((threads, weight.nnz), dtype=dtype) if want_dw else None  # (T, nnz), Wᵀ's order
     db_part = np.zeros((threads, c_out), dtype=dtype) if want_db and has_bias else None  # (T, C_out)
     at = weight.data[perm] if want_dx else weight.data[:0]  # (nnz,) W's values in Wᵀ's order, for dX only

@@ -101,7 +101,7 @@ import numba
 import numpy as np
 
 from .activations import exp_softmax
-from .simd import VECTOR_BYTES, vfma, vlanes, vload, vsplat, vstore
+from .simd import CACHE_LINE, VECTOR_BYTES, aligned_empty, vfma, vlanes, vload, vsplat, vstore
 from .spmm import store_tile_t
 
 G = 4  # rows per group (the fast path's register blocking)
@@ -876,12 +876,21 @@ def sparse_attention_bwd(q, k, v, out, dout, lse, t_indptr, t_indices, t_seg_sta
 
 
 def new_work(width, dtype):
-    """The kernels' per-thread scratch: (n_threads, 2, G, width + L) — two score rows per
-    row of a group, width ≥ the longest row (or column, for the backward) of the
+    """The kernels' per-thread scratch: (n_threads, 2, KB·G, width + L) — two score rows per
+    row of a block, width ≥ the longest row (or column, for the backward) of the
     pattern, plus L = VECTOR_BYTES of numbers for the lanes a register tile writes past a
-    row."""
+    row; rounded up to whole cache lines and cache-line aligned, so every row starts on
+    a line (:func:`~refsparse.kernels.simd.aligned_empty`)."""
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
-    return np.empty((numba.config.NUMBA_NUM_THREADS, 2, KB * G, max(int(width), 1) + lanes), dtype=dtype)
+    return aligned_empty((numba.config.NUMBA_NUM_THREADS, 2, KB * G, _whole_lines(max(int(width), 1) + lanes, dtype)),
+                         dtype)
+
+
+def _whole_lines(n, dtype):
+    """n numbers of dtype rounded up to whole cache lines (a row length that keeps every
+    row of an aligned array on line boundaries)."""
+    line = CACHE_LINE // np.dtype(dtype).itemsize
+    return -(-int(n) // line) * line
 
 
 SLAB_BYTES = 1 << 20  # the most one slab of head copies may take (in effect one head above T ≈ 700)
@@ -890,8 +899,8 @@ SLAB_BYTES = 1 << 20  # the most one slab of head copies may take (in effect one
 def new_slabs(n_heads, length, widths, dtype, transposed, partials=0):
     """Scratch for one slab of heads: for each w in ``widths`` an (SH, length, w) array of
     rows, then for each an (SH, w, length + L) array of the same rows transposed (L =
-    VECTOR_BYTES of numbers of zero padding, which a register tile may read past the last row), or
-    (SH, 0, length + L) where ``transposed`` says False; with ``partials`` = D > 0, last, the
+    VECTOR_BYTES of numbers of zero padding, which a register tile may read past the last row,
+    rounded up to whole cache lines), or (SH, 0, length + L) where ``transposed`` says False; with ``partials`` = D > 0, last, the
     backward's partial dQ rows (NC, SH, length, D), one per chunk of its tasks, NC =
     NUMBA_NUM_THREADS (the configured count, not the current one: the chunks, and so the
     numbers, stay the same under numba.set_num_threads).
@@ -904,13 +913,14 @@ def new_slabs(n_heads, length, widths, dtype, transposed, partials=0):
     lanes = VECTOR_BYTES // itemsize
     n_threads = numba.config.NUMBA_NUM_THREADS
     widths_t = [int(w) if t else 0 for w, t in zip(widths, transposed)]
-    per_head = (sum(int(w) * int(length) for w in widths) + sum(w * (int(length) + lanes) for w in widths_t)
+    padded = _whole_lines(int(length) + lanes, dtype)  # a transposed row: length + L, whole lines
+    per_head = (sum(int(w) * int(length) for w in widths) + sum(w * padded for w in widths_t)
                 + n_threads * int(length) * int(partials))
     sh = int(max(1, min(n_heads, SLAB_BYTES // max(per_head * itemsize, 1))))
-    rows = tuple(np.empty((sh, int(length), int(w)), dtype=dtype) for w in widths)
-    cols = tuple(np.empty((sh, w, int(length) + lanes), dtype=dtype) for w in widths_t)
+    rows = tuple(aligned_empty((sh, int(length), int(w)), dtype) for w in widths)
+    cols = tuple(aligned_empty((sh, w, padded), dtype) for w in widths_t)
     for c in cols:
         c[:, :, int(length):] = 0  # the padding a tile reads past the last row
     if partials:
-        return rows + cols + (np.empty((n_threads, sh, int(length), int(partials)), dtype=dtype),)
+        return rows + cols + (aligned_empty((n_threads, sh, int(length), int(partials)), dtype),)
     return rows + cols
