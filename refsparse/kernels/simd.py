@@ -21,6 +21,9 @@ and one that moves a square block of numbers, transposed, through registers:
     vtranspose(src, i, si, dst, j, sj)
                        dst[j + c·sj + t] = src[i + t·si + c]  for t, c < K
 
+and, on the Python side, ``aligned_empty(shape, dtype)``: the scratch and outputs of the
+kernels, starting on a cache line so that their rows' vectors do not straddle two lines.
+
 Why they exist. A register tile — say 4 rows × L columns of a product, accumulated over
 d = 0 … D−1 — keeps its 4 accumulators in registers for the whole loop and touches memory
 only to load the operands. Written with NumPy arrays or scalars, LLVM does not keep such a
