@@ -902,8 +902,9 @@ def new_slabs(n_heads, length, widths, dtype, transposed, partials=0):
     VECTOR_BYTES of numbers of zero padding, which a register tile may read past the last
     row; the row rounded up to whole cache lines), or (SH, 0, length + L) where
     ``transposed`` says False; with ``partials`` = D > 0, last, the backward's partial dQ
-    rows (NC, SH, length, D), one per chunk of its tasks, NC = NUMBA_NUM_THREADS (the configured count, not the current one: the chunks, and so the
-    numbers, stay the same under numba.set_num_threads).
+    rows (NC, SH, length, D), one per chunk of its tasks, NC = NUMBA_NUM_THREADS (the
+    configured count, not the current one: the chunks, and so the numbers, stay the same
+    under numba.set_num_threads).
     SH is the most heads whose scratch all fits in SLAB_BYTES (at least 1, at most n_heads).
     The kernels work one slab at a time, so this — not a copy of every head — is what the
     copies add to memory: O(T·D), never O(T²), never growing with B·H (at T = 16384,
