@@ -21,7 +21,12 @@ own allocations included). Neither the timings nor the memory include the prepar
 (``prepare_pattern``: CSR indices, transpose, shared runs), which is built once per pattern
 and sequence length, as a model caches it. At T = 16384 it takes about 29 ms (local) and
 83 ms (strided) to build and holds 16.5 and 24.4 MB, which would add 1.6 and 2.4% of a dense
-T × T float32 matrix to the memory column. Also prints the exponent k of a fit
+T × T float32 matrix to the memory column. Memory is measured with the recycler's idle blocks given back first
+(``refsparse.kernels.buffers.release_buffers``), so that it counts every block the call
+uses. The timings are of repeated calls, as a training loop makes them: refsparse's
+outputs and scratch of 4 MiB or more reuse blocks the previous call has let go of, where
+NumPy's and torch's come from malloc, which maps fresh pages for every block of 32 MiB or
+more. Also prints the exponent k of a fit
 time ∝ T^k from T = 2048 to 16384 at the fixed window. Before timing, the kernels are
 checked against the dense twin at T = 256.
 
@@ -113,6 +118,7 @@ def worker_refsparse(dtype, Ts):
         sparse_attention_backward,
         sparse_attention_forward,
     )
+    from refsparse.kernels.buffers import release_buffers
 
     rows = []
     for T in Ts:
@@ -127,6 +133,9 @@ def worker_refsparse(dtype, Ts):
 
             both = _time(fb, _repeats(T, sparse=True))
             io_bytes = 4 * q.nbytes  # q, k, v, out — plus dq, dk, dv below
+            # blocks the recycler kept from the timed calls would be reused unseen by
+            # tracemalloc: give them back, so that every block of this call is allocated in it
+            release_buffers()
             tracemalloc.start()
             grads = fb()
             _, peak = tracemalloc.get_traced_memory()
@@ -174,6 +183,7 @@ def worker_refsparse_rss(dtype, T, name):
         sparse_attention_backward,
         sparse_attention_forward,
     )
+    from refsparse.kernels.buffers import release_buffers
 
     def fb(q, k, v, g, pp):
         out, cache = sparse_attention_forward(q, k, v, pp)
@@ -185,7 +195,9 @@ def worker_refsparse_rss(dtype, T, name):
     q, k, v, g = _inputs(T, dtype)
     pp = prepare_pattern(_patterns(T)[name])
     # freed memory that malloc keeps would be reused unseen: the worker runs with a fixed
-    # mmap threshold (every large block goes back to the system when freed), and trims
+    # mmap threshold (every large block goes back to the system when freed), and trims;
+    # likewise the blocks refsparse's recycler keeps (refsparse.kernels.buffers)
+    release_buffers()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     _reset_peak_rss()
     before = _rss_mb()

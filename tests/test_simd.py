@@ -7,12 +7,12 @@ import pytest
 from numba.core.codegen import get_host_cpu_features
 from numba.core.errors import TypingError
 
+from refsparse.kernels.buffers import aligned_empty
 from refsparse.kernels.simd import (
-    CACHE_LINE,
     VECTOR_BYTES,
-    aligned_empty,
     tlanes,
     vector_bytes,
+    vfence,
     vfma,
     vlanes,
     vload,
@@ -20,6 +20,7 @@ from refsparse.kernels.simd import (
     vstore,
     vsum,
     vtranspose,
+    vtranspose_nt,
 )
 
 
@@ -174,24 +175,29 @@ def tlanes_jit(a):
     return tlanes(a)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8])
-@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 33, 17), (4, 0, 3), 13])
-@pytest.mark.parametrize("align", [CACHE_LINE, 256, 4096])
-def test_aligned_empty_is_an_aligned_writable_c_array(dtype, shape, align):
-    a = aligned_empty(shape, dtype, align)
-    expected = (shape,) if isinstance(shape, int) else shape
-    assert a.shape == expected and a.dtype == np.dtype(dtype)
-    assert a.flags.c_contiguous and a.flags.writeable
-    if a.size:
-        assert a.ctypes.data % align == 0
-    a[...] = 3  # every number is ours to write, and reads back
-    assert np.all(a == 3)
-    b = aligned_empty(shape, dtype, align)  # a second one does not share the first's memory
-    b[...] = 5
-    assert np.all(a == 3)
+@numba.njit(cache=True)
+def transpose_nt_jit(src, i, si, dst, j, sj):
+    vtranspose_nt(src, i, si, dst, j, sj)
+    vfence()
 
 
-def test_aligned_empty_of_many_sizes_all_start_on_a_line():
-    """Small arrays come from malloc's heap at 16-byte steps; each of ours starts on a line."""
-    offsets = {aligned_empty((n,), np.float32).ctypes.data % CACHE_LINE for n in range(1, 200)}
-    assert offsets == {0}
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streamed_transpose_equals_the_plain_one(dtype):
+    """vtranspose_nt, whose rows are stored bypassing the cache, writes exactly what
+    vtranspose writes (its twin), from any source offset to destination rows that each
+    start on a line; vfence after it orders the stores and changes nothing."""
+    side = tlanes(np.zeros(1, dtype))
+    line = side * np.dtype(dtype).itemsize  # bytes in one row of the block
+    rng = np.random.default_rng(2)
+    size = 4 * side * side
+    src = rng.standard_normal(size).astype(dtype)
+    for i, si, j, sj in [(0, side, 0, side), (3, side + 5, side, 2 * side), (11, 3 * side - 1, 2 * side, 3 * side)]:
+        want = np.full(size, -7.0, dtype)
+        vtranspose(src, i, si, want, j, sj)
+        out = aligned_empty(size, dtype, align=line)
+        out[:] = -7.0
+        transpose_nt_jit(src, i, si, out, j, sj)
+        np.testing.assert_array_equal(out, want)
+        twin = np.full(size, -7.0, dtype)
+        vtranspose_nt(src, i, si, twin, j, sj)
+        np.testing.assert_array_equal(twin, want)

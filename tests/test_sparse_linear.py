@@ -339,6 +339,44 @@ def test_outputs_start_on_a_cache_line():
         assert y.ctypes.data % CACHE_LINE == 0 and dx.ctypes.data % CACHE_LINE == 0
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n, c_out, c_in", [(130, 48, 64), (1, 16, 32), (70, 37, 64), (64, 64, 40), (300, 96, 128)])
+def test_streamed_outputs_equal_twin(dtype, n, c_out, c_in):
+    """With every output streamed (non-temporal stores, STREAM_BYTES = 0): feature counts
+    that are whole lines take the streamed stores, the others the plain ones, and
+    batches that end in a ragged tile store their last rows plainly; all are the twin."""
+    rng = np.random.default_rng(n + c_out + c_in)
+    w = csr_from_mask(rng.random((c_out, c_in)) < 0.3, rng.standard_normal((c_out, c_in)))
+    x, dy = rng.standard_normal((n, c_in)), rng.standard_normal((n, c_out))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SL, "STREAM_BYTES", 0)
+        check_against_twin(x, w, rng.standard_normal(c_out), dy, dtype)
+
+
+def test_outputs_kept_by_the_caller_survive_later_calls():
+    """Outputs large enough to be recycled (4 MiB and up, refsparse.kernels.buffers) are
+    never written again while the caller holds them, and recycled memory gives the same
+    numbers as fresh memory."""
+    rng = np.random.default_rng(11)
+    n, c_out, c_in = 2048, 512, 512  # y and dx: 4 MiB of float32 each
+    w = csr_from_mask(rng.random((c_out, c_in)) < 0.1, rng.standard_normal((c_out, c_in))).astype(np.float32)
+    x1, x2 = (rng.standard_normal((n, c_in)).astype(np.float32) for _ in range(2))
+    dy1, dy2 = (rng.standard_normal((n, c_out)).astype(np.float32) for _ in range(2))
+    y1, cache1 = sparse_linear_forward(x1, w)
+    dx1, dw1, _ = sparse_linear_backward(dy1, cache1)
+    kept = [a.copy() for a in (y1, dx1, dw1)]
+    y2, cache2 = sparse_linear_forward(x2, w)
+    dx2, _, _ = sparse_linear_backward(dy2, cache2)
+    for a, b in zip((y1, dx1, dw1), kept):
+        np.testing.assert_array_equal(a, b)
+    assert not np.shares_memory(y1, y2) and not np.shares_memory(dx1, dx2)
+    del y1, dx1, y2, dx2
+    y3, cache3 = sparse_linear_forward(x1, w)  # from recycled memory
+    dx3, dw3, _ = sparse_linear_backward(dy1, cache3)
+    for a, b in zip((y3, dx3, dw3), kept):
+        np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------------------
 # gradcheck
 @given(problems(max_n=6, max_features=6))

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._checks import check_float, check_same_dtype, check_shape
-from ..kernels.simd import aligned_empty
+from ..kernels.buffers import aligned_empty
 from ..kernels.sparse_attention import (
     new_slabs,
     new_work,

@@ -21,8 +21,8 @@ and one that moves a square block of numbers, transposed, through registers:
     vtranspose(src, i, si, dst, j, sj)
                        dst[j + c·sj + t] = src[i + t·si + c]  for t, c < K
 
-and, on the Python side, ``aligned_empty(shape, dtype)``: the scratch and outputs of the
-kernels, starting on a cache line so that their rows' vectors do not straddle two lines.
+(The kernels' scratch and outputs start on a cache line, so that their rows' vectors do
+not straddle two lines: :func:`refsparse.kernels.buffers.aligned_empty`.)
 
 Why they exist. A register tile — say 4 rows × L columns of a product, accumulated over
 d = 0 … D−1 — keeps its 4 accumulators in registers for the whole loop and touches memory
@@ -147,27 +147,24 @@ def vtranspose(src, i, si, dst, j, sj):
     dst[j + r[:, None] * sj + r[None, :]] = block.T
 
 
-CACHE_LINE = 64  # bytes
+def vtranspose_nt(src, i, si, dst, j, sj):
+    """:func:`vtranspose` with non-temporal stores: the K rows written go to memory
+    without first being read into the cache, and do not stay in it.
 
-
-def aligned_empty(shape, dtype, align=CACHE_LINE):
-    """``np.empty(shape, dtype)`` whose first number starts on an ``align``-byte boundary.
-
-    NumPy's arrays are only 16-byte aligned (malloc's promise; a large array sits 16 bytes
-    into its pages), so a vector of 64 bytes loaded from one straddles two cache lines
-    three times in four, and a 256-byte vector touches five lines instead of four. For the
-    kernels' scratch buffers and the outputs they write, whose rows are whole multiples of
-    64 bytes, a 64-byte start puts every row, and every vector at a multiple of L, on line
-    boundaries. Measured on the AVX-512 Xeon (SparseLinear dX alone, 512 × 2048, 80%,
-    float32, 2 threads, the same code with six allocations of its scratch): 20.9 ms when
-    the buffers it streams through started on a line, 28–30.6 ms when they did not.
+    Every destination row ``dst[j + c·sj]`` must start on a cache line (the compiled
+    version stores whole aligned lines, and faults otherwise); each is then exactly one
+    line, K · itemsize = 64 bytes with AVX-512. Call :func:`vfence` before another thread
+    may read what was stored. The numbers are those of :func:`vtranspose`.
     """
-    dtype = np.dtype(dtype)
-    shape = (shape,) if np.isscalar(shape) else tuple(shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + align, dtype=np.uint8)  # (nbytes + align,) bytes
-    skip = -raw.ctypes.data % align  # bytes before the first aligned address
-    return raw[skip : skip + nbytes].view(dtype).reshape(shape)
+    vtranspose(src, i, si, dst, j, sj)
+
+
+def vfence():
+    """Orders this thread's earlier stores, non-temporal ones included, before its later
+    loads and stores (LLVM ``fence seq_cst``: MFENCE on x86). Nothing to do in NumPy."""
+
+
+CACHE_LINE = 64  # bytes
 
 
 # ---------------------------------------------------------------------------------------
@@ -333,11 +330,9 @@ def _butterfly(builder, rows):
     return rows
 
 
-@intrinsic
-def _transpose(typingctx, src, i, si, dst, j, sj):
-    if not (_is_float_line(src) and src == dst
-            and all(isinstance(v, types.Integer) for v in (i, si, j, sj))):
-        return None
+def _transpose_codegen(src, stream):
+    """LLVM for vtranspose (``stream`` False) or vtranspose_nt (True: each store aligned
+    to its row's whole line and marked ``!nontemporal``)."""
     K = TRANSPOSE_BYTES // (src.dtype.bitwidth // 8)
 
     def codegen(context, builder, sig, args):
@@ -351,10 +346,41 @@ def _transpose(typingctx, src, i, si, dst, j, sj):
 
         rows = [builder.load(row(args[0], i, si, t), align=align) for t in range(K)]
         for c, col in enumerate(_butterfly(builder, rows)):
-            builder.store(col, row(args[3], j, sj, c), align=align)
+            if stream:
+                st = builder.store(col, row(args[3], j, sj, c), align=TRANSPOSE_BYTES)
+                st.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+            else:
+                builder.store(col, row(args[3], j, sj, c), align=align)
         return context.get_dummy_value()
 
-    return types.none(src, i, si, dst, j, sj), codegen
+    return codegen
+
+
+def _transpose_args_ok(src, i, si, dst, j, sj):
+    return _is_float_line(src) and src == dst and all(isinstance(v, types.Integer) for v in (i, si, j, sj))
+
+
+@intrinsic
+def _transpose(typingctx, src, i, si, dst, j, sj):
+    if not _transpose_args_ok(src, i, si, dst, j, sj):
+        return None
+    return types.none(src, i, si, dst, j, sj), _transpose_codegen(src, stream=False)
+
+
+@intrinsic
+def _transpose_nt(typingctx, src, i, si, dst, j, sj):
+    if not _transpose_args_ok(src, i, si, dst, j, sj):
+        return None
+    return types.none(src, i, si, dst, j, sj), _transpose_codegen(src, stream=True)
+
+
+@intrinsic
+def _fence(typingctx):
+    def codegen(context, builder, sig, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.none(), codegen
 
 
 @overload(tlanes)
@@ -367,6 +393,17 @@ def _ov_tlanes(a):
 def _ov_vtranspose(src, i, si, dst, j, sj):
     if _is_float_line(src) and src == dst:
         return lambda src, i, si, dst, j, sj: _transpose(src, i, si, dst, j, sj)
+
+
+@overload(vtranspose_nt)
+def _ov_vtranspose_nt(src, i, si, dst, j, sj):
+    if _is_float_line(src) and src == dst:
+        return lambda src, i, si, dst, j, sj: _transpose_nt(src, i, si, dst, j, sj)
+
+
+@overload(vfence)
+def _ov_vfence():
+    return lambda: _fence()
 
 
 @overload(vlanes)

@@ -101,7 +101,8 @@ import numba
 import numpy as np
 
 from .activations import exp_softmax
-from .simd import CACHE_LINE, VECTOR_BYTES, aligned_empty, vfma, vlanes, vload, vsplat, vstore
+from .buffers import aligned_empty
+from .simd import CACHE_LINE, VECTOR_BYTES, vfma, vlanes, vload, vsplat, vstore
 from .spmm import store_tile_t
 
 G = 4  # rows per group (the fast path's register blocking)
@@ -553,8 +554,8 @@ def _copy_slab_rows(x, y, s0, tt, NTB, H, xs, ys, xts, yts):
         for d in range(src.size):
             dst[d] = src[d]
     # xts[sl, d, t] = xs[sl, t, d] for t0 <= t < t1: K × K blocks through registers
-    store_tile_t(xs[sl, t0:t1], 0, xts.shape[1], t0, t1 - t0, xts[sl])
-    store_tile_t(ys[sl, t0:t1], 0, yts.shape[1], t0, t1 - t0, yts[sl])
+    store_tile_t(xs[sl, t0:t1], 0, xts.shape[1], t0, t1 - t0, xts[sl], False)
+    store_tile_t(ys[sl, t0:t1], 0, yts.shape[1], t0, t1 - t0, yts[sl], False)
 
 
 @numba.njit(**_INNER)
@@ -880,7 +881,7 @@ def new_work(width, dtype):
     row of a block, width ≥ the longest row (or column, for the backward) of the
     pattern, plus L = VECTOR_BYTES of numbers for the lanes a register tile writes past a
     row; rounded up to whole cache lines and cache-line aligned, so every row starts on
-    a line (:func:`~refsparse.kernels.simd.aligned_empty`)."""
+    a line (:func:`~refsparse.kernels.buffers.aligned_empty`)."""
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     return aligned_empty((numba.config.NUMBA_NUM_THREADS, 2, KB * G, _whole_lines(max(int(width), 1) + lanes, dtype)),
                          dtype)

@@ -84,7 +84,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .simd import tlanes, vfma, vlanes, vload, vsplat, vstore, vsum, vtranspose
+from .simd import tlanes, vfence, vfma, vlanes, vload, vsplat, vstore, vsum, vtranspose, vtranspose_nt
 
 _FLAGS = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 _SERIAL = dict(cache=True, fastmath={"reassoc", "contract"})
@@ -134,10 +134,18 @@ def _load_tile_t(a, n0, m, c0, nc, at):
 
 
 @numba.njit(**_SERIAL)
-def store_tile_t(at, n0, m, c0, nc, a):
+def store_tile_t(at, n0, m, c0, nc, a, stream):
     """a[n0 + t, c0 + c] = at[c, t] for c < nc and t < m: the inverse of
     :func:`_load_tile_t`, also in K × K blocks through registers. (The attention kernels'
-    slab copies use it too, for their transposed rows.)"""
+    slab copies use it too, for their transposed rows.)
+
+    With ``stream`` the whole blocks are stored with non-temporal stores
+    (:func:`~refsparse.kernels.simd.vtranspose_nt`) where every row of them starts on a
+    K-number boundary (a's start, its row length C and c0 all multiples of K), then
+    fenced; elsewhere, and for the ragged edges, with plain stores. A non-temporal store
+    of a whole line writes it to memory without first reading the line into the cache
+    (which a plain store must do), and leaves the cache to the tiles; it is for outputs
+    too large to be read back from the cache anyway (the caller decides)."""
     TN = at.shape[1]
     C = a.shape[1]
     K = tlanes(a)
@@ -145,19 +153,26 @@ def store_tile_t(at, n0, m, c0, nc, a):
     dst = a.reshape(-1)  # (N·C,)
     nK = nc - nc % K
     mK = m - m % K
+    nt = stream and C % K == 0 and c0 % K == 0 and a.ctypes.data % (K * a.itemsize) == 0
     for t0 in range(0, mK, K):
-        for b0 in range(0, nK, K):
-            vtranspose(src, b0 * TN + t0, TN, dst, (n0 + t0) * C + c0 + b0, C)
+        if nt:
+            for b0 in range(0, nK, K):
+                vtranspose_nt(src, b0 * TN + t0, TN, dst, (n0 + t0) * C + c0 + b0, C)
+        else:
+            for b0 in range(0, nK, K):
+                vtranspose(src, b0 * TN + t0, TN, dst, (n0 + t0) * C + c0 + b0, C)
         for t in range(K):
             for c in range(nK, nc):
                 a[n0 + t0 + t, c0 + c] = at[c, t0 + t]
     for t in range(mK, m):
         for c in range(nc):
             a[n0 + t, c0 + c] = at[c, t]
+    if nt:
+        vfence()
 
 
 @numba.njit(**_FLAGS)
-def spmm_forward(x, Bp, Aj, Ax, bias, y, xt_buf, ot_buf):
+def spmm_forward(x, Bp, Aj, Ax, bias, y, xt_buf, ot_buf, stream):
     """y = x Wᵀ + bias, row by row of W (each output column gathers its inputs).
 
     Arguments::
@@ -173,6 +188,7 @@ def spmm_forward(x, Bp, Aj, Ax, bias, y, xt_buf, ot_buf):
         y       (N, C_out)       output, every element written
         xt_buf  (T, C_in, TN)    scratch, T >= numba.get_num_threads(); TN a multiple of L
         ot_buf  (T, OB, TN)      scratch: OB outputs at a time, 1 <= OB
+        stream  bool             store y with non-temporal stores (:func:`store_tile_t`)
 
     Per tile of TN rows: xt = x[tile]ᵀ; then for each chunk of OB outputs o, each column
     block b and each vector slice v of the tile,
@@ -222,11 +238,11 @@ def spmm_forward(x, Bp, Aj, Ax, bias, y, xt_buf, ot_buf):
                         for k in range(aj.size):
                             acc = vfma(vsplat(Ax[_u(e0 + k)]), vload(xt[_u(aj[k])], v), acc)
                         vstore(ot[q], v, acc)
-            store_tile_t(ot, n0, m, c0, nc, y)
+            store_tile_t(ot, n0, m, c0, nc, y, stream)
 
 
 @numba.njit(**_FLAGS)
-def spmm_backward(dy, x, Bp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_buf):
+def spmm_backward(dy, x, Bp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_buf, stream):
     """dX, dW (on the pattern) and db in one pass, along the rows of Wᵀ (gathers only).
 
     Arguments::
@@ -247,6 +263,7 @@ def spmm_backward(dy, x, Bp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
                                   caller; None: no db
         gt_buf   (T, C_out, TN)   scratch: the whole tile of dy, transposed
         xt_buf, dxt_buf (T, CB, TN)   scratch: CB columns of x and of dx at a time
+        stream   bool             store dx with non-temporal stores (:func:`store_tile_t`)
 
     Per tile of TN rows: gt = dy[tile]ᵀ, kept in cache for the whole tile; then for each
     chunk of CB input columns (xt = x[tile, chunk]ᵀ), for each output block b, for each
@@ -308,7 +325,7 @@ def spmm_backward(dy, x, Bp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
                     _backward_segment(gt, xt, dxt, q, Bp[c0 + q, b], Bp[c0 + q, b + 1], b == 0, Tj, At, dx,
                                       dw_part, tid, TN, L, zero)
             if dx is not None:
-                store_tile_t(dxt, n0, m, c0, nc, dx)
+                store_tile_t(dxt, n0, m, c0, nc, dx, stream)
 
 
 @numba.njit(inline="always", **_SERIAL)
