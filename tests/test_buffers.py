@@ -105,3 +105,16 @@ def test_switched_off_every_block_is_fresh():
     assert buffers._recycler._blocks == []
     del a
     assert set_recycling(True) is False
+
+
+def test_idle_blocks_beyond_the_byte_cap_are_dropped_oldest_first(monkeypatch):
+    """With room for two idle blocks, a third size's block drops the oldest idle one."""
+    monkeypatch.setattr(buffers, "RECYCLE_IDLE_BYTES", 2 * (RECYCLE_BYTES + 2 * CACHE_LINE))
+    sizes = [(BIG[0] + k, BIG[1]) for k in range(3)]
+    first = aligned_empty(sizes[0], np.float32)
+    second = aligned_empty(sizes[1], np.float32)
+    del first, second  # both idle, within the cap
+    third = aligned_empty(sizes[2], np.float32)  # now the idle ones exceed it: the oldest goes
+    kept = sorted(b.size for b in buffers._recycler._blocks)
+    second_bytes = 4 * sizes[1][0] * sizes[1][1] + CACHE_LINE  # a block holds the align bytes of slack too
+    assert kept == sorted([second_bytes, third.nbytes + CACHE_LINE])

@@ -37,8 +37,9 @@ references exactly when the last of them is gone. The next request of the same n
 bytes gets an idle block back (its old contents are still there, as ``np.empty`` promises
 nothing), and a block in use is never handed out twice. An array kept alive by a
 reference cycle only keeps its block busy until the garbage collector frees it. Beyond
-RECYCLE_KEEP blocks the oldest idle one is dropped (freed as NumPy frees any array), or,
-if all are in use, the oldest is forgotten and freed when its user drops it.
+RECYCLE_KEEP blocks, or beyond RECYCLE_IDLE_BYTES in idle blocks, the oldest idle ones
+are dropped (freed as NumPy frees any array) when a new block is made; if all are in use,
+the oldest is forgotten and freed when its user drops it.
 
 Numbers never depend on where the memory came from: every kernel writes every element of
 its outputs before anyone reads them, and its scratch before it reads it.
@@ -53,10 +54,11 @@ import numpy as np
 
 from .simd import CACHE_LINE
 
-__all__ = ["RECYCLE_BYTES", "RECYCLE_KEEP", "aligned_empty", "release_buffers", "set_recycling"]
+__all__ = ["RECYCLE_BYTES", "RECYCLE_IDLE_BYTES", "RECYCLE_KEEP", "aligned_empty", "release_buffers", "set_recycling"]
 
 RECYCLE_BYTES = 4 << 20  # blocks at least this large (4 MiB) go through the recycler
 RECYCLE_KEEP = 16  # blocks the recycler keeps track of, idle or in use
+RECYCLE_IDLE_BYTES = 512 << 20  # the most the idle blocks may hold together (512 MiB)
 
 
 class _Recycler:
@@ -89,9 +91,17 @@ class _Recycler:
                     return block
             block = np.empty(nbytes, dtype=np.uint8)
             self._blocks.append(block)
-            if len(self._blocks) > self.keep:
-                idle = [k for k in range(len(self._blocks) - 1) if self._idle(k)]
-                del self._blocks[idle[0] if idle else 0]
+            idle = [k for k in range(len(self._blocks) - 1) if self._idle(k)]  # oldest first
+            held = sum(self._blocks[k].size for k in idle)
+            drop = set()
+            for k in idle:  # the oldest idle blocks go first, while too many or too large
+                if len(self._blocks) - len(drop) <= self.keep and held <= RECYCLE_IDLE_BYTES:
+                    break
+                drop.add(k)
+                held -= self._blocks[k].size
+            if len(self._blocks) - len(drop) > self.keep:
+                drop.add(min(set(range(len(self._blocks) - 1)) - drop))  # all in use: forget the oldest
+            self._blocks = [self._blocks[k] for k in range(len(self._blocks)) if k not in drop]
             return block
 
     def release(self):

@@ -20,6 +20,8 @@ and one that moves a square block of numbers, transposed, through registers:
                        16 float32 or 8 float64 with AVX-512, else 8 or 4
     vtranspose(src, i, si, dst, j, sj)
                        dst[j + c·sj + t] = src[i + t·si + c]  for t, c < K
+    vtranspose_nt(…)   the same, with non-temporal stores (each row one aligned cache
+                       line, written without being read first), and vfence() after them
 
 (The kernels' scratch and outputs start on a cache line, so that their rows' vectors do
 not straddle two lines: :func:`refsparse.kernels.buffers.aligned_empty`.)
