@@ -1,5 +1,11 @@
 """Numba kernels: the hot loops over sparse structure. They import numpy and numba only.
 
-Every kernel trusts its caller (the functional wrapper checks shapes, dtypes and
-contiguity) and names its NumPy twin — the plain dense computation it must agree with.
+Every hot operation has two paths, switched by :func:`use` (see
+:mod:`refsparse.kernels.switch`): a *reference* implementation, the plainest correct
+loops, and the *fast* one, tested equal to it. Kernels trust their caller (the
+functional wrapper checks shapes, dtypes and contiguity).
 """
+
+from .switch import PATHS, current, use
+
+__all__ = ["PATHS", "current", "use"]
