@@ -1,4 +1,13 @@
-"""MkDocs hook: render bench/results/*.json into docs/benchmarks.md at build time.
+"""MkDocs hooks: the local MathJax, and bench/results/*.json rendered into docs/benchmarks.md.
+
+MathJax (``on_post_build``): the pages load ``javascripts/mathjax/tex-svg.js`` (mkdocs.yml's
+``extra_javascript``); this hook copies it, the TeX extensions MathJax loads on demand, the
+accessibility parts its menu offers, and MathJax's LICENSE, from the pinned
+``django-static-mathjax`` package (the ``docs`` extra) into the built site. Nothing is fetched
+when a page is viewed; the SVG output needs no font files, so the site typesets its formulas
+served or opened from disk. Without the package the build stops and says how to install it.
+
+Benchmarks:
 
 docs/benchmarks.md holds the marker ``<!-- bench-results -->``; this hook replaces it with
 one section per results file (whatever files exist when the site is built), so the page
@@ -20,9 +29,11 @@ from __future__ import annotations
 
 import ast
 import glob
+import importlib.metadata
 import json
 import logging
 import os
+import shutil
 
 MARKER = "<!-- bench-results -->"
 log = logging.getLogger("mkdocs.hooks.bench")
@@ -189,3 +200,50 @@ def on_page_markdown(markdown, page, config, files):
         return markdown
     root = os.path.dirname(os.path.abspath(config["config_file_path"]))
     return markdown.replace(MARKER, render_all(root))
+
+
+# --- MathJax -------------------------------------------------------------------------------------
+
+MATHJAX_DIST = "django-static-mathjax"
+MATHJAX_DEST = os.path.join("javascripts", "mathjax")
+# what tex-svg.js may load (relative to MathJax's es5/ folder): TeX packages autoloaded by the
+# macros that need them (\boldsymbol, \cancel, ...), and the menu's accessibility tools
+MATHJAX_PARTS = ["tex-svg.js", "input/tex/extensions", "ui", "a11y", "sre"]
+
+
+def mathjax_dir():
+    """MathJax's es5/ folder in the installed django-static-mathjax package."""
+    try:
+        dist = importlib.metadata.distribution(MATHJAX_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(
+            f"the docs need MathJax from the {MATHJAX_DIST!r} package: pip install -e \".[docs]\"") from None
+    es5 = os.path.join(str(dist.locate_file("mathjax")), "static", "mathjax", "es5")
+    if not os.path.isfile(os.path.join(es5, "tex-svg.js")):
+        raise RuntimeError(f"{MATHJAX_DIST} is installed but has no {es5}/tex-svg.js")
+    return es5
+
+
+def copy_mathjax(site_dir):
+    """Copy MathJax's parts and its licence into ``site_dir/javascripts/mathjax``; return that path."""
+    es5 = mathjax_dir()
+    dest = os.path.join(site_dir, MATHJAX_DEST)
+    for part in MATHJAX_PARTS:
+        src = os.path.join(es5, part)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(dest, part), dirs_exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(os.path.join(dest, part)), exist_ok=True)
+            shutil.copy2(src, os.path.join(dest, part))
+    shutil.copy2(os.path.join(os.path.dirname(es5), "LICENSE"), os.path.join(dest, "LICENSE"))
+    return dest
+
+
+def on_post_build(config):
+    """MkDocs event: ship MathJax with the site (also for ``mkdocs serve``, which builds too)."""
+    from mkdocs.exceptions import PluginError
+
+    try:
+        copy_mathjax(config["site_dir"])
+    except (RuntimeError, OSError) as e:
+        raise PluginError(f"MathJax: {e}") from e
