@@ -83,25 +83,36 @@ INSPECT_JS = r"""
   out.images = Array.from(document.images).length;
   out.brokenImages = Array.from(document.images)
     .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"));
-  // tables: fitting the column, or scrolling inside a box of their own that fits it
-  const scrolls = el => {
-    for (let a = el.parentElement; a && a !== content; a = a.parentElement) {
+  // tables: fitting the column (Material lets them reach 0.8rem into its padding), or scrolling
+  // inside a box of their own that fits it
+  const fits = r => r.left >= contentRect.left - 24 && r.right <= contentRect.right + 24;
+  // the box that clips the table and scrolls (the table itself, whose content may overflow
+  // it, or an ancestor narrower than the table)
+  const scrollBox = el => {
+    const r = el.getBoundingClientRect();
+    for (let a = el; a && a !== content; a = a.parentElement) {
       const ox = getComputedStyle(a).overflowX;
-      // Material's scroll box reaches 0.8rem into the column's padding on each side
-      const r = a.getBoundingClientRect();
-      if ((ox === "auto" || ox === "scroll") && r.left >= contentRect.left - 24 && r.right <= contentRect.right + 24) return true;
+      if (ox !== "auto" && ox !== "scroll") continue;
+      const ar = a.getBoundingClientRect();
+      if ((a === el && a.scrollWidth > a.clientWidth + 1) || ar.right < r.right - 1 || ar.left > r.left + 1) return a;
     }
-    return false;
+    return null;
   };
+  // the page's height as a reader first sees it; then every folded block opened, so that the
+  // tables inside are checked too
+  out.height = document.documentElement.scrollHeight;
+  document.querySelectorAll("details").forEach(d => { d.open = true; });
   const tables = Array.from(content.querySelectorAll("table"));
   out.tables = tables.length;
-  out.scrollingTables = 0;
+  out.scrollingTables = [];
   out.wideTables = [];
   tables.forEach((t, i) => {
-    const w = t.getBoundingClientRect().width;
-    if (w > contentRect.width + 1) {
-      if (scrolls(t)) out.scrollingTables += 1;
-      else out.wideTables.push(`table ${i + 1}: ${Math.round(w)} px in a ${Math.round(contentRect.width)} px column`);
+    const r = t.getBoundingClientRect();
+    const box = scrollBox(t);
+    if (box && fits(box.getBoundingClientRect())) {
+      out.scrollingTables.push(`table ${i + 1}: ${box.scrollWidth} px in a ${box.clientWidth} px box`);
+    } else if (!fits(r) || box) {
+      out.wideTables.push(`table ${i + 1}: ${Math.round(r.width)} px in a ${Math.round(contentRect.width)} px column`);
     }
   });
   out.pageWidth = document.documentElement.scrollWidth;
@@ -110,7 +121,6 @@ INSPECT_JS = r"""
     .filter(c => c.scrollWidth > c.clientWidth + 1)
     .map(c => c.textContent.slice(0, 60).replace(/\s+/g, " "));
   out.sphinxRoles = (content.textContent.match(/:(?:func|class|meth|mod|data|attr|exc):`?[\w.]+/g) || []).slice(0, 5);
-  out.height = document.documentElement.scrollHeight;
   return JSON.stringify(out);
 })()
 """
@@ -301,6 +311,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("site_dir")
     ap.add_argument("--screenshots", help="save backprop, sparse-attention and benchmarks PNGs here")
+    ap.add_argument("--full-page", action="store_true", help="screenshots of whole pages, not the first screen")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = ap.parse_args(argv)
     site = os.path.abspath(args.site_dir)
@@ -336,11 +347,15 @@ def main(argv=None):
             if problems:
                 failures[page] = problems
             print(f"{'FAIL' if problems else 'ok  '} {page:24s} {info['formulas']:4d} formulas, "
-                  f"{info['tables']:3d} tables ({info['scrollingTables']} scroll), {info['images']} images, "
+                  f"{info['tables']:3d} tables ({len(info['scrollingTables'])} scroll), {info['images']} images, "
                   f"{info['height']:6d} px tall ({info['height'] / HEIGHT:.1f} screens), {time.time() - t0:.1f} s")
             if args.screenshots and page in SCREENSHOT_PAGES:
                 os.makedirs(args.screenshots, exist_ok=True)
-                shot = browser.send("Page.captureScreenshot", {"format": "png"})
+                params = {"format": "png"}
+                if args.full_page:  # the whole page, not the first screen
+                    params.update(captureBeyondViewport=True,
+                                  clip={"x": 0, "y": 0, "width": WIDTH, "height": info["height"], "scale": 1})
+                shot = browser.send("Page.captureScreenshot", params)
                 path = os.path.join(args.screenshots, page.replace(".html", ".png"))
                 with open(path, "wb") as f:
                     f.write(base64.b64decode(shot["data"]))

@@ -32,6 +32,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "bench", "results")
 OUT_DIR = os.path.join(ROOT, "docs", "img", "bench")
 DPI = 110
+# Sizes for the docs' text column (~690 px at a 1280 px window): a plot is at most 8.6 in (946 px)
+# wide, so it is shown at >= 0.73 of its size and 10 pt legends read at >= 11 px; a click on it
+# opens it full size.
+LEGEND_PT = 10
+TITLE_PT = 11
 
 
 class Skip(Exception):
@@ -81,7 +86,7 @@ def _log_y(ax):
 
 def _legend_below(ax, ncol=1):
     """The legend under the axes, where it hides no point whatever the data."""
-    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=8, frameon=False)
+    return ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=LEGEND_PT, frameon=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +139,7 @@ def plot_attention(data, path):
 
     series, labels = _attention_series(rows)
     colors = {key: f"C{i}" for i, key in enumerate(series)}
-    fig, axes = plt.subplots(1, 2 if mem_rows else 1, figsize=(11, 5.2) if mem_rows else (6.4, 5.2),
+    fig, axes = plt.subplots(1, 2 if mem_rows else 1, figsize=(8.6, 5.6) if mem_rows else (6.4, 5.2),
                              squeeze=False)
     ax = axes[0, 0]
     for key, rs in series.items():
@@ -145,13 +150,13 @@ def plot_attention(data, path):
     _log2_T_axis(ax, Ts)
     _log_y(ax)
     ax.set_ylabel("forward + backward (ms, median)")
-    ax.set_title(f"Attention, {data.get('H', '?')} heads × d_head {data.get('D', '?')}, batch 1", fontsize=10)
+    ax.set_title(f"Attention, {data.get('H', '?')} heads × d_head {data.get('D', '?')}, batch 1", fontsize=TITLE_PT)
     ax.grid(alpha=0.3, which="both")
     # the legend: a colour per line, then a line style per dtype
     handles = [Line2D([], [], color=colors[key], marker="o", label=labels[key]) for key in series]
     handles += [Line2D([], [], color="0.3", ls=styles[d], label=d) for d in dtypes]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False,
-              ncol=2 if len(handles) > 4 else 1)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=LEGEND_PT,
+              frameon=False, ncol=1)
 
     if mem_rows:
         ax = axes[0, 1]
@@ -169,7 +174,7 @@ def plot_attention(data, path):
         _log2_T_axis(ax, Ts)
         _log_y(ax)
         ax.set_ylabel("memory beyond inputs and outputs (MB)")
-        ax.set_title(f"refsparse's extra memory, forward + backward ({mem_dtype}, all heads)", fontsize=10)
+        ax.set_title(f"refsparse's extra memory, fwd + bwd\n({mem_dtype}, all heads)", fontsize=TITLE_PT)
         ax.grid(alpha=0.3, which="both")
         _legend_below(ax)
     return _save(fig, path)
@@ -213,7 +218,7 @@ def _sparsity_axis(ax, sparsities):
     pad = 0.06 * max(hi - lo, 1.0)
     ax.set_xlim(inverse(lo - pad), inverse(hi + pad))
     ax.set_xticks(sparsities)
-    ax.set_xticklabels([f"{s:g}" for s in sparsities], fontsize=8)
+    ax.set_xticklabels([f"{s:g}" for s in sparsities], fontsize=9)
     ax.set_xlabel("sparsity of W (fraction of zero weights)")
 
 
@@ -227,7 +232,8 @@ def plot_sparse_linear(data, path, dtype="float32"):
     sparsities = sorted({r["sparsity"] for r in recs})
     libs = sorted({r["lib"] for r in recs}, key=lambda lib: (LIB_ORDER + [lib]).index(lib))
     breakeven = data.get("breakeven_sparsity") or {}
-    fig, axes = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes), 5.0), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(shapes), figsize=(min(4.3 * len(shapes), 8.6), 5.4),
+                             squeeze=False, sharey=True)
     handles = {}
     for ax, shape in zip(axes[0], shapes):
         for i, lib in enumerate(libs):
@@ -246,15 +252,15 @@ def plot_sparse_linear(data, path, dtype="float32"):
         s_even = breakeven.get(f"{dtype} {shape[0]}×{shape[1]}")
         if s_even is not None:  # where refsparse's fwd+bwd meets dense numpy's
             ax.axvline(s_even, color="0.5", ls="-.", lw=1)
-            title += f"\nbreak-even with dense numpy at sparsity {s_even:.2f} (dash-dot)"
+            title += f"\nbreak-even with dense numpy: {s_even:.2f} (dash-dot)"
         _sparsity_axis(ax, sparsities)
         _log_y(ax)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=LEGEND_PT)
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel(f"forward + backward (ms, median, {dtype})")
-    fig.suptitle("SparseLinear: y = x Wᵀ + b and its backward, against the sparsity of W", fontsize=11)
-    fig.legend(handles=list(handles.values()), loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend below the panels
+    fig.suptitle("SparseLinear: y = x Wᵀ + b and its backward, against the sparsity of W", fontsize=TITLE_PT)
+    fig.legend(handles=list(handles.values()), loc="lower center", ncol=2, fontsize=LEGEND_PT, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))  # room for the legend below the panels
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -282,7 +288,7 @@ def plot_train_step(data, path):
                     xs.append(j + (i - (len(libs) - 1) / 2) * width)
                     ms.append(r["median_ms"])
         bars = ax.bar(xs, ms, width, color=f"C{i}", label=lib)
-        ax.bar_label(bars, labels=[f"{m:,.0f} ms" for m in ms], fontsize=8, padding=2)
+        ax.bar_label(bars, labels=[f"{m:,.0f} ms" for m in ms], fontsize=LEGEND_PT, padding=2)
     ax.set_xticks(range(len(dtypes)))
     ax.set_xticklabels(dtypes)
     ax.set_ylabel("one training step (ms, median; lower is better)")
@@ -290,9 +296,9 @@ def plot_train_step(data, path):
     s = data.get("shape") or {}
     if s:
         ax.set_title(f"One AdamW step: {s.get('n_layers')} layers, d_model {s.get('d_model')}, "
-                     f"T {s.get('seq_len')}, batch {s.get('batch')}", fontsize=10)
+                     f"T {s.get('seq_len')}, batch {s.get('batch')}", fontsize=TITLE_PT)
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=LEGEND_PT)
     return _save(fig, path)
 
 
@@ -337,18 +343,18 @@ def plot_attention_training(data, path):
             ys = [r[key] for r in finals if r.get(key) is not None]
             if ys:
                 bars = ax.bar(xs, ys, width, color=f"C{i}", label=label)
-                ax.bar_label(bars, labels=[f"{y:.3f}" for y in ys], fontsize=8, padding=2)
+                ax.bar_label(bars, labels=[f"{y:.3f}" for y in ys], fontsize=LEGEND_PT, padding=2)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, fontsize=9)
+        ax.set_xticklabels(names, fontsize=LEGEND_PT)
         ax.set_xlabel("attention pattern")
         ax.set_ylabel("loss after training (nats / char)")
     entropy = next((r["unigram_entropy"] for r in runs if r.get("unigram_entropy")), None)
     if entropy:
         ax.axhline(entropy, color="0.4", ls="--", lw=1, label=f"unigram entropy {entropy:.3f} (no context)")
     ax.margins(y=0.12)
-    ax.set_title(f"Same model, data and seed; only the attention differs ({setting})", fontsize=9)
+    ax.set_title(f"Same model, data and seed; only the attention differs\n({setting})", fontsize=TITLE_PT)
     ax.grid(alpha=0.3, axis="y")
-    _legend_below(ax, ncol=3)
+    _legend_below(ax, ncol=2)
     return _save(fig, path)
 
 
