@@ -307,6 +307,17 @@ def disk_links(site_dir, pages):
     return bad
 
 
+def site_pages(site):
+    """Every page of the site (``*.html`` but 404.html, outside the theme's and MathJax's folders)."""
+    pages = []
+    for dirpath, dirnames, filenames in os.walk(site):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("assets", "javascripts", "search", "bench-results"))
+        rel = os.path.relpath(dirpath, site)
+        pages += [os.path.normpath(os.path.join(rel, f)) for f in sorted(filenames)
+                  if f.endswith(".html") and f != "404.html"]
+    return sorted(pages)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("site_dir")
@@ -315,7 +326,7 @@ def main(argv=None):
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = ap.parse_args(argv)
     site = os.path.abspath(args.site_dir)
-    pages = sorted(p for p in os.listdir(site) if p.endswith(".html") and p != "404.html")
+    pages = site_pages(site)
     if "index.html" not in pages:
         print(f"docs-browser: no index.html in {site}", file=sys.stderr)
         return 1
@@ -346,7 +357,7 @@ def main(argv=None):
             total_formulas += info["formulas"]
             if problems:
                 failures[page] = problems
-            print(f"{'FAIL' if problems else 'ok  '} {page:24s} {info['formulas']:4d} formulas, "
+            print(f"{'FAIL' if problems else 'ok  '} {page:26s} {info['formulas']:4d} formulas, "
                   f"{info['tables']:3d} tables ({len(info['scrollingTables'])} scroll), {info['images']} images, "
                   f"{info['height']:6d} px tall ({info['height'] / HEIGHT:.1f} screens), {time.time() - t0:.1f} s")
             if args.screenshots and page in SCREENSHOT_PAGES:
@@ -364,7 +375,7 @@ def main(argv=None):
         problems += check_info(info)
         if problems:
             failures[f"{DISK_PAGE} from disk"] = problems
-        print(f"{'FAIL' if problems else 'ok  '} {DISK_PAGE + ' from disk':24s} {info['formulas']:4d} formulas")
+        print(f"{'FAIL' if problems else 'ok  '} {DISK_PAGE + ' from disk':26s} {info['formulas']:4d} formulas")
         browser.send("Browser.close", session=False)
     finally:
         server.shutdown()
