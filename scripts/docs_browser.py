@@ -51,7 +51,8 @@ FLAGS = [
     f"--window-size={WIDTH},{HEIGHT}",
 ]
 DISK_PAGE = "backprop.html"  # the page also opened from disk: the most formulas
-SCREENSHOT_PAGES = ("backprop.html", "sparse-attention.html", "benchmarks.html")
+# the pages --screenshots saves, each scrolled to a section (None: the top)
+SCREENSHOT_PAGES = {"backprop.html": "layernorm", "sparse-attention.html": "backward", "benchmarks.html": None}
 
 # Runs in the page once MathJax is done; returns what the checks need.
 INSPECT_JS = r"""
@@ -362,6 +363,10 @@ def main(argv=None):
                   f"{info['height']:6d} px tall ({info['height'] / HEIGHT:.1f} screens), {time.time() - t0:.1f} s")
             if args.screenshots and page in SCREENSHOT_PAGES:
                 os.makedirs(args.screenshots, exist_ok=True)
+                anchor = SCREENSHOT_PAGES[page]
+                if anchor and not args.full_page:
+                    browser.evaluate(f"document.getElementById({json.dumps(anchor)})?.scrollIntoView()")
+                    time.sleep(0.8)  # the header's title fades in on scroll
                 params = {"format": "png"}
                 if args.full_page:  # the whole page, not the first screen
                     params.update(captureBeyondViewport=True,
@@ -391,8 +396,9 @@ def main(argv=None):
             print(f"  - {p}", file=sys.stderr)
         if len(problems) > 15:
             print(f"  ... and {len(problems) - 15} more", file=sys.stderr)
-    print(f"docs-browser: {len(pages)} pages, {total_formulas} formulas, "
-          f"{'FAILED on ' + str(len(failures)) + ' pages' if failures else 'all clean'}")
+    checked = len(pages) + 2  # every page, the site's links from disk, one page opened from disk
+    print(f"{len(pages)} pages, {total_formulas} formulas typeset" + (f"; failed: {', '.join(failures)}" if failures else ""))
+    print(f"docs-browser: {checked - len(failures)} passed, {len(failures)} failed")
     return 1 if failures else 0
 
 
