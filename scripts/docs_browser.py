@@ -376,11 +376,12 @@ def main(argv=None):
                 with open(path, "wb") as f:
                     f.write(base64.b64decode(shot["data"]))
         # the same site opened from disk: MathJax and its extensions load from file://
-        info, problems = open_page(browser, "file://" + os.path.join(site, DISK_PAGE))
+        disk_page = DISK_PAGE if DISK_PAGE in pages else "index.html"
+        info, problems = open_page(browser, "file://" + os.path.join(site, disk_page))
         problems += check_info(info)
         if problems:
-            failures[f"{DISK_PAGE} from disk"] = problems
-        print(f"{'FAIL' if problems else 'ok  '} {DISK_PAGE + ' from disk':26s} {info['formulas']:4d} formulas")
+            failures[f"{disk_page} from disk"] = problems
+        print(f"{'FAIL' if problems else 'ok  '} {disk_page + ' from disk':26s} {info['formulas']:4d} formulas")
         browser.send("Browser.close", session=False)
     finally:
         server.shutdown()
