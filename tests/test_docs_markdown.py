@@ -37,8 +37,9 @@ def _lines(page):
             if m and m.group(1) == fence:
                 fence = None
             continue
-        if m:
+        if m:  # the opening line stays (its indentation counts), the code does not
             fence = m.group(1)
+            out.append((n, line[: m.end()]))
             continue
         out.append((n, line))
     return out
@@ -149,12 +150,13 @@ def test_the_checks_catch_what_they_are_for(tmp_path, monkeypatch):
         "- item and\n  $$a + b$$\n  more\n- text $$a$$ inline\n"
         "- item\n  - nested two spaces\n\n  a paragraph two spaces in\n"
         "Text\n$$\nx\n$$\n"
+        "- item\n\n  ```python\n  x = 1\n  ```\n"
     )
     (tmp_path / "bad.md").write_text(bad)
     monkeypatch.setattr(__import__(__name__), "DOCS", str(tmp_path))
     problems = "\n".join(source_problems("bad.md"))
     for what in ("formula in a heading", "$$ inside a paragraph", "list item indented 2",
-                 "block in a list indented 2", "$$ right after text"):
+                 "block in a list indented 2", "$$ right after text", "bad.md:17: block in a list"):
         assert what in problems, what
     good = "# Title\n\n- item\n\n    $$\n    a\n    $$\n\n    more\n\n    - nested\n\nText\n\n$$\nx\n$$\n"
     (tmp_path / "good.md").write_text(good)
