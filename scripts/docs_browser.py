@@ -30,9 +30,7 @@ import html.parser
 import http.server
 import json
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -187,7 +185,7 @@ class CDP:
                 ev = json.loads(self.ws.recv())
                 if "method" in ev:
                     self.events.append(ev)
-        except Exception:  # noqa: BLE001 - the timeout that ends the drain
+        except Exception:  # noqa: BLE001, S110 - the timeout that ends the drain
             pass
         finally:
             self.ws.settimeout(60)
@@ -219,7 +217,8 @@ def start_chromium(chromium, profile):
     port_file = os.path.join(profile, "DevToolsActivePort")
     for _ in range(300):
         if os.path.exists(port_file):
-            lines = open(port_file).read().split("\n")
+            with open(port_file) as f:
+                lines = f.read().split("\n")
             if len(lines) >= 2 and lines[1]:
                 return proc, f"ws://127.0.0.1:{lines[0]}{lines[1]}"
         if proc.poll() is not None:

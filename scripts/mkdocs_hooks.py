@@ -169,8 +169,8 @@ def _attention(data):
     for k, v in sorted((data.get("summary") or {}).get(dtypes[0], {}).items()):
         m = re.match(r"fitted_exponent_(\w+?)_(\d+)_(\d+)$", k)
         if m:
-            parts += [f"refsparse's {m.group(1)} time grows as T<sup>{v:.2f}</sup> from T = {m.group(2)} "
-                      f"to {m.group(3)}: close to linear, as there is no T × T matrix.", ""]
+            parts += [(f"refsparse's {m.group(1)} time grows as T<sup>{v:.2f}</sup> from T = {m.group(2)} "
+                       f"to {m.group(3)}: close to linear, as there is no T × T matrix."), ""]
     for dtype in dtypes[1:]:
         parts += [folded(f"{dtype}: forward + backward, ms", ms_table(dtype, "fwd_bwd_ms")), ""]
     mem = [r for r in rows if r["lib"] == "refsparse" and r["dtype"] == dtypes[0] and "extra_mb" in r]
@@ -184,8 +184,8 @@ def _attention(data):
                         [[T] + [get.get((T, c)) for c in mcols] + [dense.get(T)] for T in sorted(dense)]))
         parts += [folded(f"memory ({dtypes[0]})", body), ""]
     if "twin_max_rel_err_f64" in data:
-        parts += [f"Before timing, refsparse's outputs were checked against the dense masked NumPy twin: "
-                  f"largest relative difference {data['twin_max_rel_err_f64']:.1e} in float64.", ""]
+        parts += [("Before timing, refsparse's outputs were checked against the dense masked NumPy twin: "
+                   f"largest relative difference {data['twin_max_rel_err_f64']:.1e} in float64."), ""]
     return parts
 
 
@@ -247,7 +247,7 @@ def _sparse_linear(data):
     if checks:
         bad = [c for c in checks if not c.get("ok")]
         worst = max(c.get("rel_err", 0) for c in checks)
-        parts += [f"Before timing, every kernel was checked against the dense masked twin: "
+        parts += ["Before timing, every kernel was checked against the dense masked twin: "
                   + ("all checks pass" if not bad else f"**{len(bad)} checks fail**")
                   + f" (largest relative error {worst:.1e}).", ""]
     return parts

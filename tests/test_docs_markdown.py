@@ -94,7 +94,7 @@ def test_markdown_source_follows_python_markdown_rules(page):
 class _Text(html.parser.HTMLParser):
     """The text of rendered HTML outside code and outside arithmatex formulas."""
 
-    SKIP = {"code", "pre", "script", "style"}
+    SKIP = frozenset({"code", "pre", "script", "style"})
 
     def __init__(self):
         super().__init__()

@@ -15,7 +15,7 @@ def _read(path):
 
 
 def _nav_pages():
-    return re.findall(r":\s*([\w/-]+\.md)\s*$", _read("mkdocs.yml"), re.M)
+    return re.findall(r":\s*([\w/-]+\.md)\s*$", _read("mkdocs.yml"), re.MULTILINE)
 
 
 def test_the_home_page_lists_every_top_level_page():
@@ -37,10 +37,10 @@ def test_every_api_page_is_in_the_nav_and_the_overview():
 
 def test_links_go_to_pages_not_folders():
     # site/index.html opened from disk: a link to foo/ shows a folder listing, foo.html the page
-    assert re.search(r"^use_directory_urls:\s*false\s*$", _read("mkdocs.yml"), re.M)
+    assert re.search(r"^use_directory_urls:\s*false\s*$", _read("mkdocs.yml"), re.MULTILINE)
 
 
 def test_nothing_is_fetched_from_the_network_when_a_page_opens():
     cfg = _read("mkdocs.yml")
-    assert not re.search(r"^\s*-\s*https?://", cfg, re.M), "a script or stylesheet from the network"
-    assert re.search(r"^\s+font:\s*false\s*$", cfg, re.M), "the theme's web font"
+    assert not re.search(r"^\s*-\s*https?://", cfg, re.MULTILINE), "a script or stylesheet from the network"
+    assert re.search(r"^\s+font:\s*false\s*$", cfg, re.MULTILINE), "the theme's web font"
