@@ -1,8 +1,8 @@
 """scripts/docs_browser.py (run by .ci/docs-browser) fails on what it exists to catch.
 
 A tiny hand-written site holds one clean page and one page with each fault: raw TeX, an image
-that does not exist, a JavaScript error, a table wider than the column with no scroll box, and
-a link to a folder. The pure-Python parts are tested always; the browser run only where
+that does not exist, one from the network, a JavaScript error, a table wider than the column with
+no scroll box, and a link to a folder. The pure-Python parts are tested always; the browser run only where
 Debian's chromium, websocket-client and the docs extra's MathJax are installed.
 """
 
@@ -35,7 +35,7 @@ CLEAN = """<h1 id="t">Clean</h1><p>A formula <span class="arithmatex">\\(a^2 + b
 <table><tr><td>narrow</td></tr></table>"""
 
 BROKEN = """<h1 id="b">Broken</h1><p>Left raw: \\frac{a}{b} and $$x$$.</p>
-<img src="img/none.png" alt="missing">
+<img src="img/none.png" alt="missing"><img src="http://example.com/x.png" alt="remote">
 <script>null.boom();</script>
 <table style="width: 1500px"><tr><td>wide</td></tr></table>
 <p><a href="folder/">a folder</a></p>"""
@@ -95,7 +95,8 @@ def test_the_browser_run_fails_on_the_broken_page_only(tmp_path, capsys):
     lines = {line.split()[1]: line for line in out.out.splitlines() if line.startswith(("ok ", "FAIL"))}
     assert lines["index.html"].startswith("ok"), out
     assert lines["broken.html"].startswith("FAIL"), out
-    for what in ("raw TeX", "image did not load", "JavaScript error", "table wider", "link to no file"):
+    for what in ("raw TeX", "image did not load", "JavaScript error", "table wider", "link to no file",
+                 "request beyond the loopback: http://example.com/x.png"):
         assert what in out.err, what
     # the clean page's formula was typeset, from the MathJax the hook ships
     assert "1 formulas" in lines["index.html"]
