@@ -129,7 +129,8 @@ def _check_table(where, table, keys, *, many=False):
         if key in RESERVED:
             raise ValueError(f"{where}.{key}: not allowed here: {RESERVED[key]}")
         if key not in keys:
-            raise ValueError(f"{where}.{key}: unknown key; known keys: {', '.join(sorted(keys))}")
+            raise ValueError(f"{where}.{key}: unknown key; known keys: "
+                             f"{', '.join(sorted(set(keys) - set(RESERVED)))}")
         kind = _kind(keys[key])
         if many:
             if not isinstance(value, list):

@@ -251,6 +251,8 @@ def _run_trial_here(spec):
     if plan != "evaluate":
         if plan == "fresh":
             shutil.rmtree(trial_id, ignore_errors=True)  # what a killed attempt left
+            if os.path.exists(attempts_path):  # the wall time counts from this fresh start
+                os.unlink(attempts_path)
             argv = spec["argv"]
         else:
             argv = ["train", "--resume", ckpt, "--no-progress"]
