@@ -82,13 +82,15 @@ def _fmt(v):
 def table_markdown(rows):
     """The cells as a markdown table: mean ± std (ddof 1) over seeds and n per cell."""
     keys = _label_keys(rows)
-    head = keys + ["n", "val loss", "bits/char", "sparsity", "stored", "checkpoint MB", "wall s",
+    head = keys + ["n", "val loss", "bits/char", "measured sparsity", "stored", "checkpoint MB", "wall s",
                    "tokens/s"]
     if any(r["failed"] for r in rows):
         head.append("failed")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [_fmt(r["label"].get(k)) for k in keys]
+        if "method" in keys and r["label"].get("sparsity", None) == 0:
+            cells[keys.index("method")] = "dense"  # a method without sparsity trains a dense model
         cells += [str(r["n"]), _pm(r["val_loss_mean"], r["val_loss_std"]),
                   _pm(r["bits_per_char_mean"], r["bits_per_char_std"], 3),
                   "—" if r["sparsity_mean"] is None else f"{r['sparsity_mean']:.3f}",
