@@ -117,9 +117,13 @@ def test_a_tiny_sweep_trains_every_trial_once(sweeps):
         assert r["sparsity"] == pytest.approx(r["label"]["sparsity"], abs=0.01)
         assert r["checkpoint_bytes"] == os.path.getsize(ckpt.path)
         assert r["wall_s"] > 0 and r["tokens_per_s"] > 0 and r["attempts"] == 1
+    # one directory per trial, named by its id, and nothing else: no stray run directories
+    assert set(os.listdir(sweeps["jobs1"]["dir"])) == set(recs) | {"logs", "results.jsonl", "sweep.toml",
+                                                                 ".lock"}
+    for trial in recs:
+        assert {"checkpoint.npz", "metrics.jsonl"} <= set(os.listdir(os.path.join(sweeps["jobs1"]["dir"], trial)))
     # the table printed at the end: one row per cell, n = 2 seeds each
-    rows = [ln for ln in sweeps["jobs1"]["stdout"].splitlines() if ln.startswith("| static") or
-            ln.startswith("| rigl")]
+    rows = [ln for ln in sweeps["jobs1"]["stdout"].splitlines() if ln.startswith(("| static", "| rigl"))]
     assert len(rows) == 4 and all(" | 2 | " in ln for ln in rows)
 
 
@@ -276,7 +280,8 @@ def test_report_writes_the_table_csv_and_plots(sweeps, capsys):
         assert int(row["n"]) == len(cell) == 2
         assert float(row["val_loss_mean"]) == pytest.approx(statistics.mean(cell), rel=1e-12)
         assert float(row["val_loss_std"]) == pytest.approx(statistics.stdev(cell), rel=1e-9)
-        md = open(os.path.join(d, "report.md")).read()
+        with open(os.path.join(d, "report.md")) as f:
+            md = f.read()
         assert f"{statistics.mean(cell):.4f} ± {statistics.stdev(cell):.4f}" in md
     try:
         import matplotlib  # noqa: F401

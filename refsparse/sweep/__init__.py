@@ -3,13 +3,13 @@
     refsparse sweep SWEEP.toml [--backend local|ray] [--jobs N] [--address ADDR]
     refsparse sweep report DIR
 
-A sweep file (:mod:`refsparse.sweep.spec`) gives a base training config, axes to cross
+A sweep file (`refsparse.sweep.spec`) gives a base training config, axes to cross
 and explicit trials. Every trial is a normal ``refsparse train`` run in its own directory
 under ``sweeps/<name>/<trial id>/``; the sweep appends each trial's final numbers to
 ``results.jsonl`` and prints a table grouped over seeds (mean ± std and n per cell,
-:mod:`refsparse.sweep.report`). Re-running skips finished trials and resumes interrupted
-ones (:mod:`refsparse.sweep.run`); each trial runs in a process of its own with a fixed
-number of threads (:mod:`refsparse.sweep.worker`), so its result is the same bit for bit
+`refsparse.sweep.report`). Re-running skips finished trials and resumes interrupted
+ones (`refsparse.sweep.run`); each trial runs in a process of its own with a fixed
+number of threads (`refsparse.sweep.worker`), so its result is the same bit for bit
 on either backend and with any ``--jobs``.
 
 Ray is imported only by ``--backend ray`` (the ``ray`` extra); matplotlib only by the

@@ -12,7 +12,7 @@ The sweep's directory (``OUT_DIR/NAME/``) holds
 
 Re-running a sweep skips every trial whose last record says ``done``; the others (failed,
 interrupted, never started) run again, and an interrupted one resumes from its checkpoint
-(see :mod:`refsparse.sweep.worker`). One sweep runs in a directory at a time (a lock).
+(see `refsparse.sweep.worker`). One sweep runs in a directory at a time (a lock).
 """
 
 from __future__ import annotations

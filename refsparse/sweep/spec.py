@@ -194,7 +194,7 @@ def _product(axes):
 
 
 def load_sweep(path, *, out_dir=None, check_train=None):
-    """Read and check a sweep file; return its :class:`Sweep` with every trial.
+    """Read and check a sweep file; return its `Sweep` with every trial.
 
     Parameters
     ----------

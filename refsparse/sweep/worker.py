@@ -1,7 +1,7 @@
 """One trial in a process of its own: train (or resume), evaluate, measure the checkpoint.
 
 Both backends run the same command, in the sweep's directory, with the same thread
-variables (:func:`trial_env`)::
+variables (`trial_env`)::
 
     python -m refsparse.sweep.worker '{"id": ..., "argv": [...], "parent": PID}'
 
@@ -15,10 +15,10 @@ The process
 2. runs ``refsparse eval --checkpoint <checkpoint>`` for the final validation loss over the
    whole validation split (the JSON it prints, read to the last bit);
 3. counts the checkpoint's stored entries, sparsity and bytes
-   (:func:`refsparse.checkpoint.load_checkpoint`), and writes everything to
+   (`refsparse.checkpoint.load_checkpoint`), and writes everything to
    ``logs/<trial id>.result.json``.
 
-Both commands go through :func:`refsparse.cli.main`, the command line itself. Exit status:
+Both commands go through `refsparse.cli.main`, the command line itself. Exit status:
 0 done, 130 interrupted (Ctrl-C saved a checkpoint, or came before training), anything else
 failed (the last line of ``logs/<trial id>.log`` says why). If the process that started it
 dies, the trial stops itself as on Ctrl-C.
@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 
-__all__ = ["trial_env", "run_trial", "checkpoint_stats", "worker_main", "THREAD_VARS"]
+__all__ = ["trial_env", "run_trial", "stop_process", "Gate", "checkpoint_stats", "worker_main", "THREAD_VARS"]
 
 # OpenBLAS/MKL on one thread: refsparse splits big products over its own Numba threads
 # (refsparse.kernels.parallel), so NUMBA_NUM_THREADS alone sets a trial's threads.
@@ -102,10 +102,10 @@ def run_trial(spec, cwd, env, *, gate=None, grace=30.0):
     """Run one trial's process to its end; return ``{"rc", "result", "error", "host"}``.
 
     ``spec`` is ``{"id", "argv"}``; ``cwd`` the sweep's directory; ``env`` the variables set
-    over this process's environment (:func:`trial_env`). The process's output goes to
+    over this process's environment (`trial_env`). The process's output goes to
     ``cwd/logs/<id>.log``. A KeyboardInterrupt while waiting (Ctrl-C, or Ray cancelling
-    the task) stops the process as :func:`stop_process` does and returns rc 130.
-    With a :class:`Gate` that is stopped, nothing starts (``rc`` None).
+    the task) stops the process as `stop_process` does and returns rc 130.
+    With a `Gate` that is stopped, nothing starts (``rc`` None).
     """
     import platform
 
@@ -268,7 +268,7 @@ def _run_trial_here(spec):
             f.write(json.dumps({"plan": plan, "start_step": start, "rc": rc, "wall_s": wall}) + "\n")
         if rc != 0:
             return rc
-        found = re.findall(r"^checkpoint: (.+)$", tee.copy.getvalue(), re.M)
+        found = re.findall(r"^checkpoint: (.+)$", tee.copy.getvalue(), re.MULTILINE)
         ckpt = found[-1].strip() if found else os.path.join(trial_id, "checkpoint.npz")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
