@@ -160,7 +160,14 @@ def _run_ray(todo, spec_of, cwd, env, jobs, address, threads, on_done, grace):
             for ref in running:
                 ray.cancel(ref)  # a KeyboardInterrupt in the task: run_trial stops its process
             try:
-                ray.wait(list(running), num_returns=len(running), timeout=grace + 15)
+                ready, _ = ray.wait(list(running), num_returns=len(running), timeout=grace + 15)
+                for ref in ready:  # a trial that ended well while stopping is kept
+                    try:
+                        out = ray.get(ref)
+                    except Exception:  # cancelled
+                        continue
+                    if out["rc"] == 0:
+                        on_done(running[ref], out)
             except KeyboardInterrupt:
                 for ref in running:
                     ray.cancel(ref, force=True)
