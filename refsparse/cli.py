@@ -429,8 +429,10 @@ def build_parser():
                         "over seeds per cell. Re-running skips finished trials and resumes "
                         "interrupted ones. `refsparse sweep report DIR` writes the tables "
                         "(markdown, CSV) and plots of a sweep directory.")
-    sw.add_argument("target", nargs="+", metavar="SWEEP.toml | report DIR",
-                    help="a sweep file to run, or `report` and a sweep's directory")
+    sw.add_argument("target", metavar="SWEEP.toml|report",
+                    help="a sweep file to run, or `report` followed by a sweep's directory")
+    sw.add_argument("directory", nargs="?", metavar="DIR",
+                    help="with report: the sweep's directory (e.g. sweeps/NAME)")
     sw.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local: processes on this machine (default); ray: Ray tasks on a running "
                          "cluster (--address) or on a local Ray started for the sweep")

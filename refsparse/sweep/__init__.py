@@ -28,25 +28,22 @@ def command(args, *, train_parser=None, train_config=None, log=print):
     check each trial's ``refsparse train`` arguments exactly as ``refsparse train`` would,
     before anything runs.
     """
-    targets = list(args.target)
-    import os
-
-    if targets[0] == "report" and (len(targets) > 1 or not os.path.exists("report")):
-        if len(targets) != 2:
-            raise ValueError(f"report: expected one sweep directory, got {len(targets) - 1}")
+    if args.target == "report":
+        if not args.directory:
+            raise ValueError("report: expected a sweep's directory: refsparse sweep report DIR")
         from .report import write_report
 
-        write_report(targets[1], log=log)
+        write_report(args.directory, log=log)
         return 0
-    if len(targets) != 1:
-        raise ValueError(f"SWEEP.toml: expected one sweep file (or: report DIR), got {targets}")
+    if args.directory:
+        raise ValueError(f"DIR: only with report (refsparse sweep report DIR), got {args.directory!r}")
     from .run import run_sweep
     from .spec import load_sweep
 
     check = None
     if train_parser is not None and train_config is not None:
         check = _cli_check(train_parser, train_config)
-    sweep = load_sweep(targets[0], out_dir=args.out_dir, check_train=check)
+    sweep = load_sweep(args.target, out_dir=args.out_dir, check_train=check)
     if args.dry_run:
         from .run import read_results
 
