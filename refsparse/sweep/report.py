@@ -5,6 +5,11 @@ done), the mean and the sample standard deviation (ddof = 1; "—" when n = 1) o
 validation loss (nats per token over the whole validation split), bits per character, wall
 time; the mean of the measured sparsity, stored entries, checkpoint size and tokens/s.
 
+Wall time is the time of the trial's ``refsparse train`` (training, its own final evaluation
+and the sample it prints), summed over the attempts since the trial last started from
+scratch; tokens/s is the training loop's own figure (``metrics.jsonl``) in its last attempt.
+Both depend on what else ran on the machine: they compare among trials run the same way.
+
     refsparse sweep report DIR   →  DIR/report.md, DIR/report.csv, DIR/loss_vs_sparsity.png,
                                     DIR/loss_vs_wall_time.png
 """
@@ -17,7 +22,7 @@ import json
 import math
 import os
 
-__all__ = ["summarize", "table_markdown", "table_csv", "plot_loss_vs_sparsity", "plot_loss_vs_wall_time",
+__all__ = ["plot_loss_vs_sparsity", "plot_loss_vs_wall_time", "summarize", "table_csv", "table_markdown",
            "write_report"]
 
 
@@ -212,8 +217,12 @@ def write_report(directory, *, log=print):
 
     if not os.path.exists(os.path.join(directory, RESULTS)):
         raise ValueError(f"DIR: no {RESULTS} in {directory} (expected a sweep's directory)")
-    rows = summarize(list(read_results(directory).values()))
-    md = table_markdown(rows)
+    records = list(read_results(directory).values())
+    rows = summarize(records)
+    commits = sorted({str(r["commit"]) for r in records if r.get("status") == "done" and r.get("commit")})
+    done = sum(r.get("status") == "done" for r in records)
+    md = (table_markdown(rows) + f"\n\n{done} trials done, {len(records) - done} failed; mean ± sample std "
+          f"(ddof 1) over seeds; code at commit {', '.join(commits) or '?'}")
     paths = []
     for name, text in (("report.md", md + "\n"), ("report.csv", table_csv(rows))):
         path = os.path.join(directory, name)

@@ -13,6 +13,12 @@ The sweep's directory (``OUT_DIR/NAME/``) holds
 Re-running a sweep skips every trial whose last record says ``done``; the others (failed,
 interrupted, never started) run again, and an interrupted one resumes from its checkpoint
 (see `refsparse.sweep.worker`). One sweep runs in a directory at a time (a lock).
+
+Ray: each trial is a task (``num_cpus`` = the trial's threads) that runs the same trial
+process as the local backend, in the sweep's directory, and returns its numbers to the
+driver, which alone writes ``results.jsonl``. On a cluster of several machines, every node
+needs this refsparse importable and the sweep's directory at the same absolute path on a
+shared filesystem (checkpoints are written, and resumed, where the trial runs).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 
 from .worker import Gate, run_trial, stop_process, trial_env
 
-__all__ = ["read_results", "run_sweep", "RESULTS"]
+__all__ = ["RESULTS", "code_version", "read_results", "run_sweep"]
 
 RESULTS = "results.jsonl"
 
@@ -52,6 +58,23 @@ def _append(directory, record):
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def code_version():
+    """refsparse's version, and the git commit of its checkout (with ``+dirty`` if changed)."""
+    import subprocess
+
+    from .. import __version__
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return {"refsparse": __version__, "commit": (commit + "+dirty" if dirty else commit) or None}
 
 
 def _lock(directory):
@@ -205,6 +228,7 @@ def run_sweep(sweep, *, backend="local", jobs=None, address=None, grace=30.0, lo
         log(f"sweep {sweep.name}: {len(sweep.trials)} trials, {len(done)} done, {len(todo)} to run "
             f"({backend}, {jobs or 'all'} at once, {sweep.threads} thread(s) each); {directory}")
         env = trial_env(sweep.threads)
+        version = code_version()
         counts = {"done": 0, "failed": 0}
 
         def spec_of(t):
@@ -214,7 +238,7 @@ def run_sweep(sweep, *, backend="local", jobs=None, address=None, grace=30.0, lo
             if out["rc"] is None or out["rc"] == 130:
                 return  # stopped: no record, the next run resumes it
             base = {"trial": t.id, "label": t.label, "settings": t.settings,
-                    "threads": sweep.threads, "backend": backend, "host": out.get("host"),
+                    "threads": sweep.threads, "backend": backend, "host": out.get("host"), **version,
                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             if out["rc"] == 0:
                 record = {**base, "status": "done", **out["result"]}
