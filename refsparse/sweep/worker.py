@@ -146,6 +146,8 @@ def run_trial(spec, cwd, env, *, gate=None, grace=30.0):
                 out["result"] = json.load(f)
         except (OSError, ValueError) as e:
             out["rc"], out["error"] = 1, f"the trial wrote no result ({e})"
+    elif rc is not None and rc < 0:
+        out["error"] = f"killed by signal {-rc}" + (f"; its last output: {_tail(log_path)}" if _tail(log_path) else "")
     elif rc != 130:
         out["error"] = _tail(log_path) or f"exit status {rc}"
     return out
