@@ -323,3 +323,19 @@ def test_a_malformed_sweep_file_is_one_line_before_anything_runs(text, message, 
     assert "\n" not in err and err.startswith("refsparse sweep: error: ") and str(path) in err
     assert message in err
     assert not (tmp_path / "out").exists()  # nothing ran, nothing was created
+
+
+def test_the_bench_sweep_files_are_valid(tmp_path, capsys):
+    """bench/sweeps/*.toml pass every check (a dry run: nothing trains, nothing is created)."""
+    import glob
+
+    from refsparse.cli import main
+
+    files = sorted(glob.glob(os.path.join(ROOT, "bench", "sweeps", "*.toml")))
+    assert files
+    for f in files:
+        assert main(["sweep", f, "--dry-run", "--out-dir", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    # sparse_training.toml: 4 methods × 3 sparsities × 3 seeds, and the dense model at 3 seeds
+    assert "sweep sparse_training: 39 trials" in out
+    assert not (tmp_path / "out").exists()
