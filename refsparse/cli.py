@@ -298,6 +298,13 @@ def _cmd_patterns(args):
     return 0
 
 
+def _cmd_sweep(args):
+    from . import sweep
+
+    # each trial's arguments are checked by train's own parser and config builder
+    return sweep.command(args, train_parser=build_parser, train_config=_build_train_config)
+
+
 def _check_prune_args(args, error):
     """After parsing: --sparsity is required by every criterion but nm (which ignores it)."""
     if args.criterion != "nm" and args.sparsity is None:
@@ -415,6 +422,28 @@ def build_parser():
     pt.add_argument("--T", type=int, default=64, help="sequence length (default 64)")
     pt.add_argument("-o", "--output", help="PNG path for show (default: from the spec)")
     pt.set_defaults(func=_cmd_patterns)
+    sw = sub.add_parser("sweep", help="train many runs from a sweep file; tables and plots over seeds",
+                        description="Run the trials of a sweep file (a base training config, axes "
+                        "to cross, explicit trials; see refsparse.sweep.spec) as `refsparse train` "
+                        "runs in sweeps/NAME/TRIAL/, each in its own process, and print mean ± std "
+                        "over seeds per cell. Re-running skips finished trials and resumes "
+                        "interrupted ones. `refsparse sweep report DIR` writes the tables "
+                        "(markdown, CSV) and plots of a sweep directory.")
+    sw.add_argument("target", metavar="SWEEP.toml|report",
+                    help="a sweep file to run, or `report` followed by a sweep's directory")
+    sw.add_argument("directory", nargs="?", metavar="DIR",
+                    help="with report: the sweep's directory (e.g. sweeps/NAME)")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local: processes on this machine (default); ray: Ray tasks on a running "
+                         "cluster (--address) or on a local Ray started for the sweep")
+    sw.add_argument("--jobs", type=int, metavar="N",
+                    help="trials at once (default: cores ÷ threads per trial; with --address: "
+                         "as many as the cluster takes)")
+    sw.add_argument("--address", metavar="ADDR", help="a running Ray cluster, e.g. auto or ray://host:10001")
+    sw.add_argument("--out-dir", dest="out_dir", help="directory of sweeps (default: the file's "
+                    "[sweep] out_dir, or ./sweeps)")
+    sw.add_argument("--dry-run", action="store_true", help="check the file and list its trials; run nothing")
+    sw.set_defaults(func=_cmd_sweep)
     from . import vectors  # the one line this needs besides the call
     vectors.add_subparser(sub)
     return p
