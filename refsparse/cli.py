@@ -327,9 +327,51 @@ def _cmd_plot(args):
     return 0
 
 
+def _available_memory():
+    """Bytes of physical memory free now (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        return None
+
+
+def _pattern_bytes(spec, T, action):
+    """About how many bytes building (and drawing or printing) the pattern ``spec`` at ``T`` takes.
+
+    The entries are counted exactly at T₁ = 512 and T₂ = 1024 and extrapolated as
+    nnz(T) ≈ a·T + b·T² (every pattern here grows linearly or quadratically); a CSR boolean
+    pattern costs 5 bytes an entry (int32 column, bool value) and is built with about as much
+    again in temporaries. ``show`` adds a T × T float64 image, ``text`` T² characters.
+    """
+    from . import patterns as P
+
+    def count(t):
+        p = P.parse(spec, t)
+        return sum(h.nnz for h in p) if isinstance(p, list) else p.nnz
+
+    t1 = 512
+    n1, n2 = count(t1), count(2 * t1)
+    b = max(0.0, (n2 - 2 * n1) / (2 * t1 * t1))
+    a = max(0.0, (n1 - b * t1 * t1) / t1)
+    nnz = a * T + b * T * T
+    need = 2 * (5 * nnz + 8 * (T + 1))
+    if action == "show":
+        need += 9 * T * T  # toarray (bool) and the float image
+    elif action == "text":
+        need += 2 * T * T
+    return need
+
+
 def _cmd_patterns(args):
     from . import patterns as P
 
+    if args.T > 1024:
+        P.parse_spec(args.spec)  # a bad spec is named before anything is counted
+        need, free = _pattern_bytes(args.spec, args.T, args.action), _available_memory()
+        if free is not None and need > free:
+            raise MemoryError(f"--T: {args.action} of {args.spec!r} at T={args.T} needs about "
+                              f"{need / 2**30:.1f} GiB of memory, {free / 2**30:.1f} GiB is free; "
+                              "use a smaller --T")
     pattern = P.parse(args.spec, args.T)
     if args.action == "stats":
         print(json.dumps(P.stats(pattern), indent=2))
