@@ -13,7 +13,7 @@ The file is an ``.npz`` (a zip of ``.npy`` arrays) that is read with
 - ``optim/<key>``: the optimizer's per-parameter buffers;
 - ``state/<path>``: the arrays of a nested run state (a sparse training method's, e.g. the
   rewind point of lottery tickets), whose JSON skeleton is the header's ``state``
-  (:func:`pack_state`).
+  (`pack_state`).
 
 Writing is atomic: the file is written next to its destination under a temporary
 name, flushed to disk, then renamed over the destination, so a failure in the middle
@@ -111,7 +111,7 @@ def pack_state(tree, prefix="state"):
     ``tree`` holds dicts (str keys), lists, JSON scalars, ndarrays and scipy CSR arrays.
     Returns ``(skeleton, arrays)``: each ndarray becomes ``{"__array__": key}`` and each CSR
     array ``{"__csr__": key}`` (its ``key/data``, ``/indices``, ``/indptr``, ``/shape``).
-    :func:`unpack_state` inverts it exactly (dtypes and patterns included).
+    `unpack_state` inverts it exactly (dtypes and patterns included).
     """
     arrays = {}
 
@@ -135,7 +135,7 @@ def pack_state(tree, prefix="state"):
 
 
 def unpack_state(skeleton, arrays):
-    """The nested state of :func:`pack_state`'s ``(skeleton, arrays)``."""
+    """The nested state of `pack_state`'s ``(skeleton, arrays)``."""
     if isinstance(skeleton, dict):
         if set(skeleton) == {"__array__"}:
             return arrays[skeleton["__array__"]]
@@ -168,8 +168,8 @@ def save_checkpoint(path, model, *, optimizer=None, step=0, rng_states=None, tok
     extra : dict, optional
         JSON-serialisable run information (the training config, …).
     state : dict, optional
-        A nested state with arrays (a sparse training method's :meth:`state_dict`), stored
-        with :func:`pack_state`; read back as ``Checkpoint.state``.
+        A nested state with arrays (a sparse training method's `state_dict`), stored
+        with `pack_state`; read back as ``Checkpoint.state``.
 
     Writing is atomic: a temporary ``.tmp-*.npz`` beside ``path``, flushed and fsynced, then
     renamed over ``path``; on any failure (a full disk, Ctrl-C) the temporary file is removed

@@ -1,17 +1,17 @@
-"""What a training run is made of: five small configs and the :class:`TrainConfig` that holds them.
+"""What a training run is made of: five small configs and the `TrainConfig` that holds them.
 
 =================  ===================================================================
-``model``          :class:`ModelConfig` — the network's shape, precision and attention
-``data``           :class:`DataConfig` — the task, the text and the validation split
-``optim``          :class:`OptimConfig` — steps, batch, AdamW, the learning-rate schedule
-``sparse``         :class:`SparseConfig` — sparse weights and how they change (prune/)
-``run``            :class:`RunConfig` — seed, run directory, evaluation, logging, saving
+``model``          `ModelConfig` — the network's shape, precision and attention
+``data``           `DataConfig` — the task, the text and the validation split
+``optim``          `OptimConfig` — steps, batch, AdamW, the learning-rate schedule
+``sparse``         `SparseConfig` — sparse weights and how they change (prune/)
+``run``            `RunConfig` — seed, run directory, evaluation, logging, saving
 =================  ===================================================================
 
 Every field name is unique over the five groups, so a setting has one *flat key*: the name
 users type in ``refsparse train --set lr=1e-3`` (also ``--set optim.lr=1e-3``) and in a TOML
-file. ``TrainConfig(lr=1e-3, d_model=64)`` takes flat keys too, and :meth:`TrainConfig.from_dict`
-reads both the grouped dict of :meth:`TrainConfig.to_dict` and the flat dict that older
+file. ``TrainConfig(lr=1e-3, d_model=64)`` takes flat keys too, and `TrainConfig.from_dict`
+reads both the grouped dict of `TrainConfig.to_dict` and the flat dict that older
 checkpoints stored.
 """
 
@@ -171,7 +171,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d):
-        """The config of a dict made by :meth:`to_dict` or :meth:`flat` (older checkpoints
+        """The config of a dict made by `to_dict` or `flat` (older checkpoints
         stored the flat form); unknown keys are an error."""
         d = dict(d)
         groups = {g: d.pop(g) for g in GROUPS if isinstance(d.get(g), dict)}

@@ -13,7 +13,7 @@ __all__ = ["generate", "greedy_decode"]
 
 
 def generate(model, prompt_ids, n_new, *, temperature=1.0, top_k=None, rng=None):
-    """Sample ``n_new`` tokens after ``prompt_ids`` (1-D) from a :class:`DecoderLM`.
+    """Sample ``n_new`` tokens after ``prompt_ids`` (1-D) from a `DecoderLM`.
 
     At each step the last ``max_len`` tokens are fed, the logits at the last position
     are divided by ``temperature`` (0 means greedy), optionally cut to the ``top_k``
@@ -50,7 +50,7 @@ def generate(model, prompt_ids, n_new, *, temperature=1.0, top_k=None, rng=None)
 
 
 def greedy_decode(model, src, max_steps):
-    """Greedy decoding with a :class:`Transformer`: src (B, S) -> predictions (B, ≤ max_steps).
+    """Greedy decoding with a `Transformer`: src (B, S) -> predictions (B, ≤ max_steps).
 
     The encoder runs once; the decoder re-reads the whole prefix at every step (short
     targets make that cheap and keep the code plain). Rows stop mattering after EOS.

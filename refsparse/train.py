@@ -1,6 +1,6 @@
 """The training loop: AdamW, warm-up + cosine, gradient clipping, evaluation, checkpoints.
 
-One training step, the whole of it (see [`Trainer.train_step`][refsparse.train.Trainer.train_step])::
+One training step, the whole of it (see `Trainer.train_step`)::
 
     x, y = get_lm_batch(train_ids, B, T, data_rng)     # token ids (B, T) and next tokens
     model.zero_grad()
@@ -139,7 +139,7 @@ def _read_records(path):
 
 
 class Trainer:
-    """Builds the data, model and optimizer of a [`TrainConfig`][refsparse.config.TrainConfig]
+    """Builds the data, model and optimizer of a `TrainConfig`
     and trains them.
 
     Randomness: ``model.rng`` (initial weights, dropout) is seeded with ``seed``;
@@ -278,7 +278,7 @@ class Trainer:
                 "model_rng": self.model.rng.bit_generator.state}
 
     def restore(self, snapshot):
-        """Go back to a state :meth:`capture` returned (sparse weights take their patterns)."""
+        """Go back to a state `capture` returned (sparse weights take their patterns)."""
         model = self._new_model(self.cfg.run.seed)
         sparsify_like(model, [n for n, v in snapshot["model"].items() if hasattr(v, "nnz")])
         model.load_state_dict(snapshot["model"])

@@ -5,7 +5,7 @@
 - :mod:`~refsparse.prune.sparsify` — how many per layer (uniform or ERK), and turning a
   model's ``Linear`` layers into :class:`~refsparse.nn.SparseLinear`;
 - :mod:`~refsparse.prune.methods` — static sparse training, gradual magnitude pruning,
-  SET and RigL; :mod:`~refsparse.prune.imp` — lottery tickets (IMP), the same hooks.
+  SET and RigL; `refsparse.prune.imp` — lottery tickets (IMP), the same hooks.
 
 The math and the papers: docs/sparse-training.md.
 """

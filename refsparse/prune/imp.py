@@ -17,8 +17,8 @@ fresh random weights at step 0. That pattern is pruned from the ticket's weights
 r − 1, not from the control's own: so round r < R also trains the ticket of round r (rewound,
 as above, without metrics or checkpoints), whose weights give round r + 1 its pattern.
 
-The method is driven by the training loop's hooks (:mod:`refsparse.prune.methods`):
-:meth:`IMP.start_step` keeps the state of step k, :meth:`IMP.end_of_run` prunes, rewinds
+The method is driven by the training loop's hooks (`refsparse.prune.methods`):
+`IMP.start_step` keeps the state of step k, `IMP.end_of_run` prunes, rewinds
 and asks for another run until the last round.
 """
 
@@ -144,7 +144,7 @@ class IMP(SparseMethod):
                 "ticket": self.ticket}
 
     def load_state_dict(self, state):
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what `state_dict` returned."""
         super().load_state_dict(state)
         self.round = int(state["round"])
         self.snapshot = state.get("snapshot")

@@ -33,7 +33,7 @@ Every method is an object with hooks that the training loop calls
                drop fraction annealed by a cosine
 ``imp``        iterative magnitude pruning with rewinding (lottery tickets), Frankle &
                Carbin 2019: a dense run, then rounds of prune, rewind, retrain
-               (:class:`refsparse.prune.imp.IMP`)
+               (`refsparse.prune.imp.IMP`)
 =============  =======================================================================
 
 Changing a pattern, the rules every method keeps (the project's design notes, "sparse
@@ -239,7 +239,7 @@ class SparseMethod:
         return {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state):
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what `state_dict` returned."""
         self.rng.bit_generator.state = state["rng"]
 
     def __repr__(self):
