@@ -52,6 +52,7 @@ import signal
 import threading
 import time
 import uuid
+from dataclasses import asdict
 
 import numpy as np
 
@@ -179,16 +180,11 @@ class Trainer:
             self.task = D.make_task(d.task, d.alphabet_size, d.min_len, d.max_len)
             self.model = Transformer(_seq2seq_config(cfg, self.task), rng=model_rng)
             self.tokens_per_step = o.batch_size * (d.max_len + 2) // 2  # about, for tokens/s
-        # sparse weights: the method makes the chosen layers sparse (or not yet, for gmp/imp)
+        # sparse weights: the method makes the chosen layers sparse (or later, when it prunes)
         self.method = None
         if s.sparsity > 0:
-            self.method = make_method(
-                s.method, s.sparsity, steps=o.steps, distribution=s.distribution,
-                seed=r.seed + 2, erk_power_scale=s.erk_power_scale,
-                prune_begin=s.prune_begin, prune_end=s.prune_end, prune_every=s.prune_every,
-                update_every=s.update_every, drop_fraction=s.drop_fraction,
-                update_end=s.update_end, set_drop=s.set_drop, imp_rounds=s.imp_rounds,
-                imp_rewind=s.imp_rewind, imp_control=s.imp_control, init_seed=r.seed)
+            # every SparseConfig field is an argument of make_method, by the same name
+            self.method = make_method(**asdict(s), steps=o.steps, seed=r.seed + 2, init_seed=r.seed)
             if self.method is not None:
                 self.method.setup(self.model)
         self.opt = self._make_optimizer()
