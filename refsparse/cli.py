@@ -95,7 +95,13 @@ def _build_train_config(args):
     task = args.task or "lm"
     explicit = set()  # keys the user set: from --config or --set
     if args.config:
-        values.update(_load_toml(args.config))
+        from .config import GROUPS
+
+        for key, v in _load_toml(args.config).items():  # flat keys, or [train.model] tables
+            if key in GROUPS and isinstance(v, dict):
+                values.update(v)
+            else:
+                values[key] = v
         explicit.update(values)
         task = args.task or values.get("task", "lm")
     if task != "lm":

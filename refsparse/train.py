@@ -157,6 +157,7 @@ class Trainer:
         self.run_id = uuid.uuid4().hex[:12]  # names this run in every metrics record
         self.records = 0  # metrics records written by this run (saved with the checkpoint)
         self.unlogged = None  # the last step's loss and lr until its record is written
+        self.last_loss = float("nan")  # the training loss of the last step
         self._claimed = False
         self.run_dir = os.path.join(r.out_dir, r.name or f"{d.task}-0")
         self.checkpoint_path = None  # default <run_dir>/checkpoint.npz
@@ -335,6 +336,7 @@ class Trainer:
             if method is not None:
                 method.after_step(self.step, self.model, self.opt)
             self.unlogged = {"loss": float(loss), "lr": float(self.opt.lr)}
+            self.last_loss = float(loss)
         return loss
 
     # -- evaluation -----------------------------------------------------------------------
@@ -473,7 +475,7 @@ class Trainer:
         t0 = time.perf_counter()
         tokens = 0
         interrupted, in_transition = False, False
-        last_loss = self.unlogged["loss"] if self.unlogged else float("nan")
+        last_loss = self.last_loss
         rounds, summary, path = [], {}, None
         try:
             self._log_step(steps, t0, 0)  # a record the last run could not write
@@ -551,10 +553,13 @@ class Trainer:
         by then (plus the step's own record if it is still to be written).
         """
         if path is None:
+            if self.checkpoint_path is None:
+                self.claim_run_dir()  # never into another run's directory
             path = self.checkpoint_path or os.path.join(self.run_dir, "checkpoint.npz")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         extra = {"train_config": self.cfg.to_dict(), "run_id": self.run_id,
-                 "metrics_records": self.records, "unlogged": self.unlogged}
+                 "metrics_records": self.records, "unlogged": self.unlogged,
+                 "last_loss": self.last_loss}
         state = None if self.method is None else {"method": self.method.state_dict()}
         try:
             return save_checkpoint(path, self.model, optimizer=self.opt, step=self.step,
@@ -607,8 +612,12 @@ class Trainer:
         if trainer.method is not None:
             if "method" in state:
                 trainer.method.load_state_dict(state["method"])
-            else:  # written before methods saved more than their random stream
+            elif "method" in ckpt.meta["rng"]:  # written when methods saved their random stream only
                 trainer.method.rng = generator_from_state(ckpt.meta["rng"]["method"])
+            else:
+                raise ValueError(f"checkpoint: {path} holds no state of its {cfg.sparse.method!r} method "
+                                 "(an older iterative-pruning run?); it cannot be resumed; its model "
+                                 "can be sampled and evaluated")
         trainer.step = ckpt.step
         trainer.data_rng = generator_from_state(ckpt.meta["rng"]["data"])
         # the model's Generator is shared by every dropout layer: set its state in place
@@ -616,6 +625,7 @@ class Trainer:
         trainer.run_id = extra.get("run_id", trainer.run_id)
         trainer.records = extra.get("metrics_records")  # None: keep what the file holds
         trainer.unlogged = extra.get("unlogged")
+        trainer.last_loss = extra.get("last_loss", float("nan"))
         trainer.run_dir = os.path.dirname(os.path.abspath(os.fspath(path)))
         trainer.checkpoint_path = os.fspath(path)
         trainer._claimed = True

@@ -116,3 +116,23 @@ def test_train_kernels_flag_switches_the_path(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main([*common, "--kernels", "slow"])
     capsys.readouterr()
+
+
+def test_toml_takes_flat_keys_and_group_tables(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nlr = 0.002\n[train.model]\nd_model = 48\n[train.sparse]\nsparsity = 0.5\n"
+                    "method = \"set\"\n")
+    cfg = _config(["--config", str(toml)])
+    assert cfg.optim.lr == 0.002 and cfg.model.d_model == 48 and cfg.sparse.method == "set"
+
+
+def test_save_without_a_path_never_writes_into_another_runs_directory(tmp_path):
+    from test_train import make_trainer
+
+    first = make_trainer(tmp_path)
+    first.run()
+    before = open(f"{first.run_dir}/checkpoint.npz", "rb").read()
+    second = make_trainer(tmp_path)
+    path = second.save()
+    assert path.startswith(str(tmp_path / "runs" / "t-1"))
+    assert open(f"{first.run_dir}/checkpoint.npz", "rb").read() == before
