@@ -2,6 +2,7 @@
 
     refsparse train                       train the decoder-only LM on the built-in corpus
     refsparse train --task reverse        train the encoder-decoder on a synthetic task
+    refsparse train --resume CHECKPOINT   continue an interrupted run exactly where it stopped
     refsparse sample --checkpoint PATH    generate text from a trained LM
     refsparse eval --checkpoint PATH      validation loss (and accuracy) of a checkpoint
     refsparse plot RUN_DIR                loss curves to a PNG
@@ -178,6 +179,8 @@ def _cmd_train(args):
         print(f"{cfg.sparse.method} round {r['round']}: sparsity {r['sparsity']:.4f}, "
               f"val loss {r['val_loss']:.4f}")
     if summary["interrupted"]:
+        if summary["checkpoint"]:
+            print(f"to continue: refsparse train --resume {summary['checkpoint']}")
         return 130
     print(f"step {summary['step']}: train loss {summary['train_loss']:.4f}, "
           f"val loss {summary['val_loss']:.4f} nats (the whole validation set), "
