@@ -410,6 +410,8 @@ def test_readme_sequence_keeps_every_model(tmp_path, monkeypatch, capsys):
     tiny = ["--text", tiny_text(tmp_path), "--no-progress",
             *[f"--set={k}={v}" for k, v in {**RUN, "steps": 3}.items()]]
     assert main(["train", *tiny]) == 0
+    printed = capsys.readouterr().out.split("val loss ")[1].split(" nats")[0]
+    assert f"{records('runs/lm-0')[-1]['final_val_loss']:.4f}" == printed  # the number printed
     assert main(["train", *tiny, "--attention", "local:window=32"]) == 0
     assert main(["train", *tiny, "--sparsity", "0.9", "--method", "rigl"]) == 0
     capsys.readouterr()
