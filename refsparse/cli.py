@@ -2,6 +2,7 @@
 
     refsparse train                       train the decoder-only LM on the built-in corpus
     refsparse train --task reverse        train the encoder-decoder on a synthetic task
+    refsparse train --resume CHECKPOINT   continue an interrupted run exactly where it stopped
     refsparse sample --checkpoint PATH    generate text from a trained LM
     refsparse eval --checkpoint PATH      validation loss (and accuracy) of a checkpoint
     refsparse plot RUN_DIR                loss curves to a PNG
@@ -60,93 +61,146 @@ def _load_toml(path):
     return data.get("train", data)
 
 
+def _set_items(args):
+    """The ``--set key=value`` items as {flat key: value}, typed like the config field."""
+    from .config import flat_keys, group_of
+
+    types = flat_keys()
+    out = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set: expected key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        try:
+            _, key = group_of(key.strip())  # "lr" or "optim.lr"
+        except ValueError as e:
+            raise ValueError(f"--set: {e}") from None
+        try:
+            out[key] = _parse_value(text.strip(), types[key].split(" |")[0])
+        except ValueError as e:
+            raise ValueError(f"--set {key}: {e}") from None
+    return out
+
+
+# the train options that are config keys (same names)
+_TRAIN_FLAGS = ("task", "text", "dtype", "seed", "steps", "name", "out_dir", "attention", "sparsity",
+                "method", "distribution")
+
+
 def _build_train_config(args):
+    from .config import flat_keys
     from .train import TrainConfig
 
-    types = {f.name: f.type for f in fields(TrainConfig)}
+    types = flat_keys()
     values = {}
     task = args.task or "lm"
     explicit = set()  # keys the user set: from --config or --set
     if args.config:
-        values.update(_load_toml(args.config))
+        from .config import GROUPS
+
+        for key, v in _load_toml(args.config).items():  # flat keys, or [train.model] tables
+            if key in GROUPS and isinstance(v, dict):
+                values.update(v)
+            else:
+                values[key] = v
         explicit.update(values)
         task = args.task or values.get("task", "lm")
     if task != "lm":
         values = {**TASK_DEFAULTS, **values}
     values["task"] = task
-    for key in ("text", "dtype", "seed", "steps", "name", "out_dir", "attention", "sparsity",
-                "method", "distribution"):
+    for key in _TRAIN_FLAGS[1:]:
         v = getattr(args, key, None)
         if v is not None:
             values[key] = v
-    for item in args.set or []:
-        if "=" not in item:
-            raise ValueError(f"--set: expected key=value, got {item!r}")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        if key not in types:
-            raise ValueError(f"--set: unknown key {key!r}; known keys: {', '.join(sorted(types))}")
-        try:
-            values[key] = _parse_value(text.strip(), types[key].split(" |")[0])
-        except ValueError as e:
-            raise ValueError(f"--set {key}: {e}") from None
-        explicit.add(key)
+    sets = _set_items(args)
+    values.update(sets)
+    explicit.update(sets)
     unknown = sorted(set(values) - set(types))
     if unknown:
         raise ValueError(f"config: unknown keys {unknown}; known keys: {', '.join(sorted(types))}")
     if "warmup_steps" not in explicit:
         # the default warm-up (50, or 100 for the tasks) never exceeds a short run's steps;
         # a warm-up the user set that exceeds them stays an error (TrainConfig.validate)
-        steps = values.get("steps", TrainConfig.steps)
+        steps = values.get("steps", TrainConfig().optim.steps)
         if isinstance(steps, int) and not isinstance(steps, bool):
-            warmup = values.get("warmup_steps", TrainConfig.warmup_steps)
+            warmup = values.get("warmup_steps", TrainConfig().optim.warmup_steps)
             values["warmup_steps"] = max(0, min(warmup, steps))
     return TrainConfig.from_dict(values)
+
+
+def _resume_overrides(args):
+    """The settings given with --resume, as {flat key: value}; Trainer.resume applies those
+    that may change (steps, …) and refuses the others when they differ from the run's."""
+    if args.config or args.overwrite:
+        raise ValueError(f"--resume: {'--config' if args.config else '--overwrite'} cannot be used "
+                         "with --resume (the run keeps its own settings and directory)")
+    for flag, key in (("--name", "name"), ("--out-dir", "out_dir")):
+        if getattr(args, key) is not None:
+            raise ValueError(f"{flag}: a resumed run writes next to its checkpoint "
+                             f"({os.path.dirname(os.path.abspath(args.resume))}); {flag} cannot be "
+                             "given with --resume")
+    overrides = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k, None) is not None}
+    overrides.update(_set_items(args))
+    return overrides
+
+
+def _describe(trainer):
+    cfg = trainer.cfg
+    what = "decoder-only LM" if cfg.data.task == "lm" else f"encoder-decoder on the {cfg.data.task!r} task"
+    article = "an" if what[0] in "aeiou" else "a"
+    s = cfg.sparse
+    weights = "dense weights" if s.sparsity == 0 else \
+        f"{s.method}, sparsity {s.sparsity:g}, {s.distribution}"
+    return (f"{article} {what} ({weights}; attention {cfg.model.attention}): "
+            f"{trainer.model.num_parameters():,} parameters, {cfg.model.dtype}, {cfg.optim.steps} "
+            f"steps of batch {cfg.optim.batch_size}")
 
 
 def _cmd_train(args):
     from .train import Trainer
 
+    if args.kernels is not None:
+        from .kernels import use
+
+        use(args.kernels)
     if args.resume:
-        overrides = {}
-        if args.steps is not None:
-            overrides["steps"] = args.steps
-        trainer = Trainer.resume(args.resume, progress=not args.no_progress, overrides=overrides)
-        print(f"resuming {args.resume} at step {trainer.step}")
+        trainer = Trainer.resume(args.resume, progress=not args.no_progress,
+                                 overrides=_resume_overrides(args))
+        print(f"resuming {args.resume} at step {trainer.step}: {_describe(trainer)}; "
+              f"run directory {trainer.run_dir}")
     else:
         cfg = _build_train_config(args)
         trainer = Trainer(cfg, progress=not args.no_progress)
+        trainer.claim_run_dir(overwrite=args.overwrite)
+        print(f"training {_describe(trainer)}; run directory {trainer.run_dir}")
     cfg = trainer.cfg
-    n = trainer.model.num_parameters()
-    what = "decoder-only LM" if cfg.task == "lm" else f"encoder-decoder on the {cfg.task!r} task"
-    article = "an" if what[0] in "aeiou" else "a"
-    sparse = "" if cfg.sparsity == 0 else \
-        f" ({cfg.method}, sparsity {cfg.sparsity:g}, {cfg.distribution})"
-    print(f"training {article} {what}{sparse}: {n:,} parameters, {cfg.dtype}, {cfg.steps} steps of "
-          f"batch {cfg.batch_size}; run directory {trainer.run_dir}")
     summary = trainer.run()
     for r in summary.get("rounds", []):
-        print(f"imp round {r['round']}: sparsity {r['sparsity']:.4f}, val loss {r['val_loss']:.4f}")
+        print(f"{cfg.sparse.method} round {r['round']}: sparsity {r['sparsity']:.4f}, "
+              f"val loss {r['val_loss']:.4f}")
     if summary["interrupted"]:
+        if summary["checkpoint"]:
+            print(f"to continue: refsparse train --resume {summary['checkpoint']}")
         return 130
     print(f"step {summary['step']}: train loss {summary['train_loss']:.4f}, "
-          f"val loss {summary['val_loss']:.4f} nats, {summary['elapsed']:.0f} s")
-    if cfg.task == "lm":
+          f"val loss {summary['val_loss']:.4f} nats (the whole validation set), "
+          f"{summary['elapsed']:.0f} s")
+    if cfg.data.task == "lm":
         h = summary["unigram_entropy"]
         print(f"val loss / unigram entropy = {summary['val_loss']:.4f} / {h:.4f} = "
               f"{summary['val_loss'] / h:.3f};  {summary['bits_per_char']:.3f} bits per character")
-        from .train import generate
+        from .decode import generate
 
         # "The " on the built-in corpus; on another text, its first characters
         prompt = "The " if all(ch in trainer.tokenizer.chars for ch in "The ") else \
             trainer.tokenizer.decode(trainer.val_ids[:4])
-        ids = generate(trainer.model, trainer.tokenizer.encode(prompt), cfg.sample_chars,
+        ids = generate(trainer.model, trainer.tokenizer.encode(prompt), cfg.run.sample_chars,
                        temperature=0.8, top_k=20)
         print("sample:\n" + trainer.tokenizer.decode(ids))
     else:
         print(f"exact match on held-out sequences: {100 * summary['exact_match']:.2f}%")
     print(f"checkpoint: {summary['checkpoint']}")
-    print(f"metrics:    {os.path.join(trainer.run_dir, 'metrics.jsonl')}")
+    print(f"metrics:    {trainer.metrics_path}")
     return 0
 
 
@@ -170,7 +224,7 @@ def _load_for_use(path):
 def _cmd_sample(args):
     import numpy as np
 
-    from .train import generate
+    from .decode import generate
 
     if args.length < 0:
         raise ValueError(f"--length: expected an integer >= 0, got {args.length}")
@@ -195,9 +249,9 @@ def _cmd_eval(args):
     from .checkpoint import restore_model
 
     restore_model(trainer.model, ckpt)
-    result = trainer.evaluate(None if trainer.cfg.task == "lm" else 4 * trainer.cfg.eval_batches)
+    result = trainer.final_evaluation()
     result["step"] = ckpt.step
-    if trainer.cfg.task == "lm":
+    if trainer.cfg.data.task == "lm":
         result["bits_per_char"] = result["val_loss"] / math.log(2)
         result["unigram_entropy"] = trainer.unigram_entropy
     print(json.dumps(result, indent=2))
@@ -214,7 +268,13 @@ def _cmd_prune(args):
     kw = {}
     sparsity = args.sparsity
     if args.criterion == "nm":
-        n, m = (int(v) for v in args.nm.split(":"))
+        try:
+            n, m = (int(v) for v in args.nm.split(":"))
+        except ValueError:
+            raise ValueError(f"--nm: expected N:M with integers 1 <= N <= M, got {args.nm!r}") from None
+        if not 1 <= n <= m:
+            raise ValueError(f"--nm: expected N:M with 1 <= N <= M (N = 0 keeps no weight, like "
+                             f"--sparsity 1.0), got {args.nm!r}")
         kw.update(n=n, m=m)
         if sparsity is not None:
             print(f"note: --sparsity {sparsity:g} is ignored with --criterion nm, which keeps "
@@ -276,9 +336,51 @@ def _cmd_plot(args):
     return 0
 
 
+def _available_memory():
+    """Bytes of physical memory free now (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        return None
+
+
+def _pattern_bytes(spec, T, action):
+    """About how many bytes building (and drawing or printing) the pattern ``spec`` at ``T`` takes.
+
+    The entries are counted exactly at T₁ = 512 and T₂ = 1024 and extrapolated as
+    nnz(T) ≈ a·T + b·T² (every pattern here grows linearly or quadratically); a CSR boolean
+    pattern costs 5 bytes an entry (int32 column, bool value) and is built with about as much
+    again in temporaries. ``show`` adds a T × T float64 image, ``text`` T² characters.
+    """
+    from . import patterns as P
+
+    def count(t):
+        p = P.parse(spec, t)
+        return sum(h.nnz for h in p) if isinstance(p, list) else p.nnz
+
+    t1 = 512
+    n1, n2 = count(t1), count(2 * t1)
+    b = max(0.0, (n2 - 2 * n1) / (2 * t1 * t1))
+    a = max(0.0, (n1 - b * t1 * t1) / t1)
+    nnz = a * T + b * T * T
+    need = 2 * (5 * nnz + 8 * (T + 1))
+    if action == "show":
+        need += 9 * T * T  # toarray (bool) and the float image
+    elif action == "text":
+        need += 2 * T * T
+    return need
+
+
 def _cmd_patterns(args):
     from . import patterns as P
 
+    if args.T > 1024:
+        P.parse_spec(args.spec)  # a bad spec is named before anything is counted
+        need, free = _pattern_bytes(args.spec, args.T, args.action), _available_memory()
+        if free is not None and need > free:
+            raise MemoryError(f"--T: {args.action} of {args.spec!r} at T={args.T} needs about "
+                              f"{need / 2**30:.1f} GiB of memory, {free / 2**30:.1f} GiB is free; "
+                              "use a smaller --T")
     pattern = P.parse(args.spec, args.T)
     if args.action == "stats":
         print(json.dumps(P.stats(pattern), indent=2))
@@ -345,8 +447,9 @@ def build_parser():
                    help="how the sparse pattern is reached: static (a fixed random pattern, "
                         "default), gmp (gradual magnitude pruning), imp (lottery tickets: "
                         "prune, rewind, retrain), set (drop smallest, regrow at random), rigl "
-                        "(drop smallest, regrow where the gradient is largest). Their knobs: "
-                        "--set prune_every=…, update_every=…, drop_fraction=…, imp_rounds=…")
+                        "(drop smallest, regrow where the gradient is largest); all but static "
+                        "need --sparsity. Their knobs: --set prune_every=…, update_every=…, "
+                        "drop_fraction=…, set_drop=signed (SET as in Mocanu et al.), imp_rounds=…")
     t.add_argument("--distribution", choices=["uniform", "erk"],
                    help="how the stored weights are shared among layers: uniform (every "
                         "layer S-sparse, default) or erk (Erdős–Rényi-Kernel: smaller "
@@ -357,9 +460,19 @@ def build_parser():
                         "default warm-up (warmup_steps: 50; 100 for the tasks) is cut to STEPS "
                         "when it exceeds them; a warmup_steps set with --set or --config that "
                         "exceeds STEPS is an error")
-    t.add_argument("--name", help="run name: files go to OUT_DIR/NAME/ (default TASK-SEED)")
+    t.add_argument("--name", help="run name: files go to OUT_DIR/NAME/, or NAME-1, NAME-2, … if it "
+                        "exists (default: the first free of TASK-0, TASK-1, …)")
     t.add_argument("--out-dir", dest="out_dir", help="directory of runs (default ./runs)")
-    t.add_argument("--resume", metavar="CHECKPOINT", help="continue a saved run exactly where it stopped")
+    t.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue a saved run exactly where it stopped, writing next to CHECKPOINT; "
+                        "--steps (and --set steps/eval_every/eval_batches/log_every/save_every/"
+                        "sample_chars) may change, any other setting that differs is an error")
+    t.add_argument("--overwrite", action="store_true",
+                   help="reuse the run directory OUT_DIR/NAME if it exists (its metrics and "
+                        "checkpoint are deleted); without it a new run takes the next free name")
+    t.add_argument("--kernels", choices=["fast", "reference"],
+                   help="kernel path: fast (default) or reference (the plain loops; slower, same "
+                        "numbers to rounding)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
@@ -480,7 +593,16 @@ def main(argv=None):
         args.check_args(args)  # checks argparse cannot express; a usage error exits with 2
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, CheckpointError, ImportError) as e:
+    except BrokenPipeError:
+        # the reader went away (`refsparse info C | head -1`): stop quietly; point stdout at
+        # devnull so that the interpreter's last flush does not complain either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command a closed pipe stopped
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130  # 128 + SIGINT
+    except (ValueError, TypeError, OSError, CheckpointError, ImportError, MemoryError) as e:
         print(f"refsparse {args.command}: error: {e}", file=sys.stderr)
         return 2
 

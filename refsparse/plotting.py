@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 
 def _pyplot():
@@ -20,32 +21,77 @@ def _pyplot():
 
 
 def read_metrics(run_dir):
-    """The records of ``RUN_DIR/metrics.jsonl`` as a list of dicts."""
+    """The records of ``RUN_DIR/metrics.jsonl`` as a list of dicts (a torn last line is skipped)."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"run_dir: no metrics.jsonl in {run_dir}")
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a record cut short by a killed run
+    return records
+
+
+def save_figure(fig, output, dpi=120):
+    """``fig.savefig(output)`` through a temporary file renamed over ``output``: a failed
+    write (a full disk) leaves no empty or partial PNG behind. Returns ``output``."""
+    directory = os.path.dirname(os.path.abspath(output))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, dpi=dpi, format="png")
+        os.replace(tmp, output)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return output
 
 
 def plot_run(run_dir, output=None):
-    """Training and validation loss against step, written to a PNG; returns its path."""
+    """Training loss, the validation estimates and the final full evaluation against step,
+    written to a PNG; returns its path.
+
+    The estimates (``"eval": "estimate"``: a few validation batches) are a line; the final
+    loss on the whole validation set (``"eval": "final"``) is a star of its own, so the
+    number the run printed is the one drawn last. Runs resumed after an interruption
+    appear once (the trainer drops records past the checkpoint it resumes).
+    """
     records = read_metrics(run_dir)
+    train = [r for r in records if r.get("loss") is not None]
+    if not train:
+        raise ValueError(f"run_dir: {os.path.join(run_dir, 'metrics.jsonl')} holds no training "
+                         "record; nothing to plot")
     plt = _pyplot()
     output = output or os.path.join(run_dir, "loss.png")
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1, label="train")
-    val = [r for r in records if r.get("val_loss") is not None]
-    if val:
-        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats)")
-    ax.set_title(os.path.basename(os.path.normpath(run_dir)))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    try:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train")
+        val = [r for r in train if r.get("val_loss") is not None]
+        if val:
+            ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-",
+                    label="validation (estimate)")
+        final = [r for r in records if r.get("eval") == "final"]
+        if final:
+            ax.plot([r["step"] for r in final], [r["final_val_loss"] for r in final], "*",
+                    ms=14, color="C3", label="validation (final, whole set)")
+            last = final[-1]
+            ax.annotate(f"{last['final_val_loss']:.4f}", (last["step"], last["final_val_loss"]),
+                        textcoords="offset points", xytext=(-10, 10), ha="right", fontsize=8)
+        ax.set_xlabel("step")
+        ax.set_ylabel("cross-entropy (nats)")
+        ax.set_title(os.path.basename(os.path.normpath(run_dir)))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        save_figure(fig, output)
+    finally:
+        plt.close(fig)
     return output
 
 
@@ -71,6 +117,8 @@ def draw_pattern(pattern, output, *, title=None):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(output, dpi=120)
-    plt.close(fig)
+    try:
+        save_figure(fig, output)
+    finally:
+        plt.close(fig)
     return output

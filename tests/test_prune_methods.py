@@ -318,11 +318,13 @@ def test_imp_rounds_prune_and_rewind(tmp_path):
 
 def test_imp_rewinds_survivors_to_step_k(tmp_path):
     tr = make_trainer(tmp_path, sparsity=0.5, method="imp", steps=6, imp_rounds=1, imp_rewind=0.5)
-    tr._run(6)
-    snap = tr._rewind_state
+    while tr.step < 6:  # the dense run, driven by the method's hooks like any other
+        tr.train_step()
+    snap = tr.method.snapshot
     assert snap["step"] == 3
     trained = {n: lin.weight.value.copy() for n, lin in prunable_layers(tr.model)}
-    tr.prune_and_rewind(1)
+    assert tr.method.end_of_run(tr) is True
+    assert tr.method.end_of_run(tr) is False  # one round only
     assert tr.step == 3
     for n, lin in sparse_layers(tr.model):
         pos = csr_positions(lin.weight.value)
@@ -340,9 +342,10 @@ def test_imp_rewinds_survivors_to_step_k(tmp_path):
 def test_imp_reinit_control_uses_fresh_weights(tmp_path):
     tr = make_trainer(tmp_path, sparsity=0.5, method="imp", steps=4, imp_rounds=1, imp_rewind=0.0,
                       imp_control="reinit")
-    tr._run(4)
-    init = tr._rewind_state["model"]
-    tr.prune_and_rewind(1)
+    while tr.step < 4:
+        tr.train_step()
+    init = tr.method.snapshot["model"]
+    tr.method.end_of_run(tr)
     assert tr.step == 0
     for n, lin in sparse_layers(tr.model):
         pos = csr_positions(lin.weight.value)
@@ -354,15 +357,16 @@ def _imp_patterns(tmp_path, control):
     (tmp_path / control).mkdir()
     tr = make_trainer(tmp_path / control, sparsity=0.75, method="imp", steps=6, imp_rounds=3, imp_rewind=0.5,
                       imp_control=control)
-    patterns, prune = {}, tr.prune_and_rewind
+    patterns, end_of_run = {}, tr.method.end_of_run
 
-    def record(r):
-        target = prune(r)
-        patterns[r] = {n: csr_positions(lin.weight.value) for n, lin in sparse_layers(tr.model)}
-        return target
+    def record(run):
+        more = end_of_run(run)
+        if more:
+            patterns[tr.method.round] = {n: csr_positions(lin.weight.value) for n, lin in sparse_layers(tr.model)}
+        return more
 
-    tr.prune_and_rewind = record
-    tr.run_imp()
+    tr.method.end_of_run = record
+    tr.run()
     return patterns
 
 
@@ -409,11 +413,42 @@ def test_sparse_runs_resume_bit_identically(tmp_path, method):
             assert np.array_equal(p.value, q.value), name
 
 
-def test_imp_checkpoint_cannot_be_resumed_part_way(tmp_path):
-    tr = make_trainer(tmp_path, sparsity=0.5, method="imp", steps=2, imp_rounds=1)
-    tr.run()
-    with pytest.raises(ValueError, match="imp"):
-        Trainer.resume(os.path.join(tr.run_dir, "checkpoint.npz"), **QUIET)
+def _interrupted_at(tr, n):
+    """Make the n-th call of tr.train_step raise KeyboardInterrupt (as Ctrl-C would there)."""
+    calls, step = [0], tr.train_step
+
+    def train_step():
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt
+        return step()
+
+    tr.train_step = train_step
+    return tr
+
+
+@pytest.mark.parametrize("control,at", [("rewind", 6), ("reinit", 6), ("reinit", 10)])
+def test_imp_resumes_bit_identically_after_an_interrupt(tmp_path, control, at):
+    """An IMP run interrupted in a round (or, reinit at 10, while it trains the ticket between
+    rounds) resumes to the same final weights, patterns and round records as a straight run."""
+    kw = dict(sparsity=0.5, method="imp", steps=4, imp_rounds=2, imp_rewind=0.25, imp_control=control)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = make_trainer(tmp_path / "a", **kw)
+    want = straight.run()
+    first = _interrupted_at(make_trainer(tmp_path / "b", **kw), at)
+    assert first.run()["interrupted"]
+    resumed = Trainer.resume(os.path.join(first.run_dir, "checkpoint.npz"), **QUIET)
+    got = resumed.run()
+    assert resumed.method.round == 2 and got["rounds"][-1]["round"] == 2
+    assert got["val_loss"] == want["val_loss"]
+    for (name, p), (_, q) in zip(straight.model.parameters(), resumed.model.parameters()):
+        if p.is_sparse:
+            assert np.array_equal(p.value.indices, q.value.indices), name
+            assert np.array_equal(p.value.indptr, q.value.indptr), name
+            assert np.array_equal(p.value.data, q.value.data), name
+        else:
+            assert np.array_equal(p.value, q.value), name
 
 
 def test_stored_zeros_survive_steps_and_checkpoints(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 from refsparse.checkpoint import CheckpointError, load_checkpoint, restore_model
 from refsparse.cli import main
 from refsparse.models import DecoderLM, DecoderLMConfig
-from refsparse.train import TrainConfig, Trainer, generate
+from refsparse.decode import generate
+from refsparse.train import TrainConfig, Trainer
 
 TINY = dict(d_model=16, n_heads=2, n_layers=1, d_ff=32, seq_len=16, batch_size=4, steps=6,
             warmup_steps=2, eval_every=3, eval_batches=2, log_every=1)
@@ -41,10 +42,13 @@ def test_metrics_are_json_lines(tmp_path):
     tr = make_trainer(tmp_path)
     tr.run()
     lines = [json.loads(x) for x in open(os.path.join(tr.run_dir, "metrics.jsonl"))]
-    assert [r["step"] for r in lines] == list(range(1, 7))
-    for r in lines:
-        assert set(r) >= {"step", "loss", "val_loss", "lr", "tokens_per_s", "elapsed"}
+    assert [r["step"] for r in lines] == list(range(1, 7)) + [6]
+    for r in lines[:-1]:
+        assert set(r) >= {"run_id", "step", "loss", "val_loss", "eval", "lr", "tokens_per_s", "elapsed"}
     assert lines[2]["val_loss"] is not None and lines[0]["val_loss"] is None
+    assert lines[2]["eval"] == "estimate" and lines[2]["eval_batches"] == 2 and lines[0]["eval"] is None
+    assert lines[-1]["eval"] == "final" and "val_loss" not in lines[-1]
+    assert len({r["run_id"] for r in lines}) == 1
 
 
 def test_save_load_is_bit_exact(tmp_path):

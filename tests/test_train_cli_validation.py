@@ -7,7 +7,8 @@ import pytest
 
 from refsparse.checkpoint import load_checkpoint
 from refsparse.cli import _build_train_config, build_parser, main
-from refsparse.train import TrainConfig, Trainer, generate
+from refsparse.decode import generate
+from refsparse.train import TrainConfig, Trainer
 
 TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "seq_len": 16, "batch_size": 2, "steps": 2,
         "warmup_steps": 0, "eval_every": 2, "eval_batches": 1, "log_every": 1, "sample_chars": 5}
@@ -122,10 +123,10 @@ def _config(argv):
 
 
 def test_default_warmup_is_cut_to_steps_an_explicit_one_is_kept(tmp_path):
-    assert _config(["--steps", "10"]).warmup_steps == 10  # default 50
-    assert _config(["--task", "copy", "--steps", "10"]).warmup_steps == 10  # task default 100
-    assert _config(["--steps", "1000"]).warmup_steps == 50
-    assert _config([]).warmup_steps == 50
+    assert _config(["--steps", "10"]).optim.warmup_steps == 10  # default 50
+    assert _config(["--task", "copy", "--steps", "10"]).optim.warmup_steps == 10  # task default 100
+    assert _config(["--steps", "1000"]).optim.warmup_steps == 50
+    assert _config([]).optim.warmup_steps == 50
     with pytest.raises(ValueError, match=r"warmup_steps: expected 0..steps=10, got 20"):
         _config(["--steps", "10", "--set", "warmup_steps=20"]).validate()
     toml = tmp_path / "c.toml"
@@ -139,7 +140,7 @@ def test_cli_train_with_few_steps_runs_with_the_default_warmup(tmp_path, capsys)
                "--out-dir", str(tmp_path / "runs"), "--name", "w", "--no-progress"])
     assert rc == 0, capsys.readouterr().err
     ckpt = load_checkpoint(str(tmp_path / "runs" / "w" / "checkpoint.npz"))
-    assert ckpt.meta["extra"]["train_config"]["warmup_steps"] == 2
+    assert ckpt.meta["extra"]["train_config"]["optim"]["warmup_steps"] == 2
 
 
 # -- D8: sample --length ------------------------------------------------------------------------

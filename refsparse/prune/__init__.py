@@ -5,7 +5,7 @@
 - :mod:`~refsparse.prune.sparsify` — how many per layer (uniform or ERK), and turning a
   model's ``Linear`` layers into :class:`~refsparse.nn.SparseLinear`;
 - :mod:`~refsparse.prune.methods` — static sparse training, gradual magnitude pruning,
-  SET and RigL (lottery tickets: :meth:`refsparse.train.Trainer.run_imp`).
+  SET and RigL; `refsparse.prune.imp` — lottery tickets (IMP), the same hooks.
 
 The math and the papers: docs/sparse-training.md.
 """
@@ -14,7 +14,8 @@ from .criteria import *  # noqa: F401,F403
 from .criteria import __all__ as _criteria_all
 from .methods import *  # noqa: F401,F403
 from .methods import __all__ as _methods_all
+from .imp import IMP  # noqa: F401
 from .sparsify import *  # noqa: F401,F403
 from .sparsify import __all__ as _sparsify_all
 
-__all__ = [*_criteria_all, *_sparsify_all, *_methods_all]
+__all__ = [*_criteria_all, *_sparsify_all, *_methods_all, "IMP"]

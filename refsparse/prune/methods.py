@@ -1,15 +1,23 @@
 """Sparse training methods: how a model's sparse patterns change while it trains.
 
-Every method is an object with three hooks that the training loop calls
+Every method is an object with hooks that the training loop calls
 (:class:`refsparse.train.Trainer` does; so can any loop of your own)::
 
     method.setup(model)                       # once, before the optimizer is built
-    for step in 1, 2, …:
-        method.before_step(step, model)       # before forward/backward of that step
-        … forward, backward, clip, opt.step() …
-        method.after_step(step, model, opt)   # may change patterns; remaps opt's state
+    while True:
+        for step in run.step + 1, …, steps:
+            method.start_step(run)            # before the batch is drawn (run.step = step − 1)
+            method.before_step(step, model)   # before forward/backward of that step
+            … forward, backward, clip, opt.step() unless method.skips_optimizer_step(step) …
+            method.after_step(step, model, opt)   # may change patterns; remaps opt's state
+        if not method.end_of_run(run):        # True: the method reset the run; train again
+            break
 
 ``step`` is 1-based: ``after_step(t, …)`` runs once the t-th update has been applied.
+``run`` is the training loop's state, for the methods that span whole runs (IMP): it has
+``model``, ``opt`` and ``step``, ``capture()`` (a copy of the whole training state),
+``restore(snapshot)``, ``reset(model_seed)`` (fresh weights and optimizer at step 0) and
+``train_step()``. The methods of one training run only never look at it.
 
 =============  =======================================================================
 ``static``     a fixed random pattern from step 0 (uniform or ERK layer densities)
@@ -17,16 +25,16 @@ Every method is an object with three hooks that the training loop calls
                magnitude to ``s_t = s_f + (s_i − s_f)(1 − (t − t0)/(nΔt))³`` every Δt
                steps from t0 until t0 + nΔt
 ``set``        Sparse Evolutionary Training, Mocanu et al. 2018: every ΔT steps drop the
-               fraction ζ of each layer's smallest-magnitude weights and regrow as many at
-               random empty positions
+               fraction ζ of each layer's smallest-magnitude weights (or, as in the
+               paper's Algorithm 1, ζ of the positive and ζ of the negative weights) and
+               regrow as many at random empty positions
 ``rigl``       Rigging the Lottery, Evci et al. 2020: every ΔT steps until a stop step,
                drop by magnitude and grow where the dense gradient is largest, with a
                drop fraction annealed by a cosine
+``imp``        iterative magnitude pruning with rewinding (lottery tickets), Frankle &
+               Carbin 2019: a dense run, then rounds of prune, rewind, retrain
+               (`refsparse.prune.imp.IMP`)
 =============  =======================================================================
-
-Iterative magnitude pruning with rewinding (lottery tickets) spans several whole
-training runs, so it lives in the training loop (:meth:`refsparse.train.Trainer.run_imp`)
-and uses :func:`prune_to_count` from here.
 
 Changing a pattern, the rules every method keeps (the project's design notes, "sparse
 parameters"; docs/sparse-training.md):
@@ -212,13 +220,26 @@ class SparseMethod:
         update steps): the trainer then does not call the optimizer at that step."""
         return False
 
+    def start_step(self, run):
+        """Called before the batch of update ``run.step + 1`` is drawn (IMP takes its rewind
+        state here)."""
+
+    def end_of_run(self, run):
+        """Called when ``run`` reached its last step (after its final evaluation). Return True
+        after resetting ``run`` to train again (IMP's next round); False ends the training."""
+        return False
+
+    def log_fields(self):
+        """Extra fields for each metrics record (IMP: its round)."""
+        return {}
+
     # the random stream is part of a run's state: checkpoints save and restore it
     def state_dict(self):
-        """The method's state: its random stream."""
+        """The method's state: its random stream (IMP adds its round and rewind state)."""
         return {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state):
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what `state_dict` returned."""
         self.rng.bit_generator.state = state["rng"]
 
     def __repr__(self):
@@ -368,11 +389,16 @@ class _DropGrow(SparseMethod):
             if k == 0:
                 continue
             pos = csr_positions(w)
-            kept = pos[topk_indices(np.abs(w.data), w.nnz - k)]  # drop the k smallest |w|
+            kept = pos[self._keep(w.data, k)]
+            k = w.nnz - kept.size  # (the signed rule of SET may drop another count)
             grown = self._grow(layer, kept, k)
             set_pattern(layer, np.union1d(kept, grown), optimizer, f"{name}.weight")
         self._after_update(model)
         return True
+
+    def _keep(self, data, k):
+        """The entries kept at an update: all but the k of smallest |w| (ascending indices)."""
+        return topk_indices(np.abs(data), data.size - k)
 
     def _after_update(self, model):
         pass
@@ -381,14 +407,37 @@ class _DropGrow(SparseMethod):
 class SET(_DropGrow):
     """Sparse Evolutionary Training (Mocanu et al. 2018).
 
-    Every ``every`` updates, in each sparse layer: drop the ``drop_fraction`` ζ of stored
-    entries with the smallest magnitude and grow as many at positions drawn uniformly
-    among those not kept. A position dropped and drawn again continues (it is still
-    stored); truly new entries start at zero (as in Evci et al.'s SET baseline). The
-    stored count never changes.
+    Every ``every`` updates, in each sparse layer: drop some stored entries and grow as
+    many at positions drawn uniformly among those not kept. A position dropped and drawn
+    again continues (it is still stored); truly new entries start at zero. The stored
+    count never changes. Which entries are dropped, ``drop``:
+
+    - ``"magnitude"`` (the default): the k = round(ζ · nnz) entries of smallest |w| over
+      all stored entries — Evci et al. 2020's SET baseline, and RigL's drop rule;
+    - ``"signed"``: Mocanu et al.'s Algorithm 1 — the fraction ζ of the *positive* weights
+      closest to zero (round(ζ · n₊) smallest w > 0) and ζ of the *negative* weights
+      closest to zero (round(ζ · n₋) largest w < 0), separately; stored exact zeros lie
+      between the two thresholds and are dropped too (as in the authors' code). The two
+      signs keep their proportions, which the magnitude rule need not.
     """
 
     name = "set"
+
+    def __init__(self, sparsity, *, every, drop_fraction, drop="magnitude", **kw):
+        if drop not in ("magnitude", "signed"):
+            raise ValueError(f"drop: expected 'magnitude' or 'signed', got {drop!r}")
+        super().__init__(sparsity, every=every, drop_fraction=drop_fraction, **kw)
+        self.drop = drop
+
+    def _keep(self, data, k):
+        if self.drop == "magnitude":
+            return super()._keep(data, k)
+        zeta = self.drop_fraction
+        pos = np.flatnonzero(data > 0)  # (n₊,) ascending
+        neg = np.flatnonzero(data < 0)  # (n₋,)
+        keep_pos = pos[topk_indices(data[pos], pos.size - int(round(zeta * pos.size)))]
+        keep_neg = neg[topk_indices(-data[neg], neg.size - int(round(zeta * neg.size)))]
+        return np.union1d(keep_pos, keep_neg).astype(np.int64)
 
     def _grow(self, layer, kept, k):
         out, inp = layer.weight.value.shape
@@ -478,25 +527,33 @@ METHODS = ("dense", "static", "gmp", "imp", "set", "rigl")
 
 def make_method(method, sparsity, *, steps, distribution="uniform", seed=0, erk_power_scale=1.0,
                 prune_begin=0.1, prune_end=0.6, prune_every=10, update_every=50,
-                drop_fraction=0.3, update_end=0.75):
+                drop_fraction=0.3, update_end=0.75, set_drop="magnitude", imp_rounds=2,
+                imp_rewind=0.05, imp_control="rewind", init_seed=0):
     """The method object for a training config; fractions of ``steps`` become step numbers.
 
     ``prune_begin``/``prune_end``: GMP's t0 and t0 + nΔt as fractions of ``steps``;
     ``prune_every``: GMP's Δt. ``update_every``: SET/RigL's ΔT; ``drop_fraction``:
-    SET's ζ, RigL's initial α; ``update_end``: RigL's stop step as a fraction of
-    ``steps``. "dense" and "imp" (which the trainer drives) give None.
+    SET's ζ, RigL's initial α; ``set_drop``: SET's drop rule ("magnitude" or "signed");
+    ``update_end``: RigL's stop step as a fraction of ``steps``. ``imp_rounds``,
+    ``imp_rewind`` (a fraction of ``steps``), ``imp_control`` and ``init_seed`` (the run's
+    seed, from which the reinit control draws fresh weights): IMP's. "dense" gives None.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     common = dict(distribution=distribution, seed=seed, erk_power_scale=erk_power_scale)
-    if method in ("dense", "imp"):
+    if method == "dense":
         return None
+    if method == "imp":
+        from .imp import IMP
+
+        return IMP(sparsity, steps=steps, rounds=imp_rounds, rewind=imp_rewind,
+                   control=imp_control, init_seed=init_seed, **common)
     if method == "static":
         return Static(sparsity, **common)
     if method == "gmp":
         return GMP(sparsity, begin=round(prune_begin * steps), end=round(prune_end * steps),
                    every=prune_every, **common)
     if method == "set":
-        return SET(sparsity, every=update_every, drop_fraction=drop_fraction, **common)
+        return SET(sparsity, every=update_every, drop_fraction=drop_fraction, drop=set_drop, **common)
     return RigL(sparsity, every=update_every, drop_fraction=drop_fraction,
                 end=max(1, round(update_end * steps)), **common)
