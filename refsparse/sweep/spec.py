@@ -77,10 +77,11 @@ class Sweep:
 
 
 def train_keys():
-    """``{key: type text}`` of the settings a trial may set (TrainConfig's fields)."""
-    from ..train import TrainConfig
+    """``{key: type text}`` of the settings a trial may set (TrainConfig's flat keys, those of
+    ``--set``)."""
+    from ..config import flat_keys
 
-    return {f.name: str(f.type) for f in fields(TrainConfig)}
+    return {name: str(kind) for name, kind in flat_keys().items()}
 
 
 def _kind(type_text):
@@ -315,5 +316,6 @@ def _check_with_train_config(argv):
         elif a == "--task":
             settings["task"] = next(it)
     if "warmup_steps" not in settings:  # as the CLI does: the default warm-up is cut to steps
-        settings["warmup_steps"] = min(TrainConfig.warmup_steps, settings.get("steps", TrainConfig.steps))
+        defaults = TrainConfig().flat()
+        settings["warmup_steps"] = min(defaults["warmup_steps"], settings.get("steps", defaults["steps"]))
     TrainConfig.from_dict(settings).validate()

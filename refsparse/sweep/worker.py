@@ -225,6 +225,7 @@ def _find_checkpoint(trial_dir):
 def _plan(trial_dir):
     """('fresh' | 'resume' | 'evaluate', checkpoint or None, its step)."""
     from ..checkpoint import CheckpointError, load_checkpoint
+    from ..config import TrainConfig
 
     path = _find_checkpoint(trial_dir)
     if path is None:
@@ -235,6 +236,10 @@ def _plan(trial_dir):
         return "fresh", None, 0  # a checkpoint a kill cut short: start again
     cfg = (ckpt.meta.get("extra") or {}).get("train_config") or {}
     if not cfg or ckpt.meta.get("optimizer") is None:
+        return "fresh", None, 0
+    try:  # grouped (or, from older checkpoints, flat) -> flat keys
+        cfg = TrainConfig.from_dict(cfg).flat()
+    except (TypeError, ValueError):
         return "fresh", None, 0
     if cfg.get("method") == "imp" and cfg.get("sparsity"):
         return "fresh", None, 0  # iterative pruning cannot resume part-way
