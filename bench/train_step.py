@@ -227,9 +227,10 @@ def worker(args):
         res = worker_torch(shape, args.dtype, args.steps, args.warmup)
     tokens = shape["batch"] * shape["seq_len"]
     med = statistics.median(res["times_s"])
-    result = {"lib": args.lib, "dtype": args.dtype, "variant": variant["name"], "sparsity": variant["sparsity"],
-              "attention": variant["attention"], **res, "median_ms": 1000 * med, "tokens_per_s": tokens / med,
-              "peak_rss_mb": peak_rss_mb(), "env": environment(),
+    result = {"lib": args.lib, "dtype": args.dtype, "variant": variant["name"],
+              "sparsity": variant["sparsity"], "attention": variant["attention"], **res,
+              "median_ms": 1000 * med, "tokens_per_s": tokens / med, "peak_rss_mb": peak_rss_mb(),
+              "env": environment(),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "refsparse_split_threads": _split_threads() if args.lib == "refsparse" else None}
     with open(args.json, "w") as f:
@@ -252,9 +253,10 @@ def _rel(a, b):
     return abs(a - b) / abs(b)
 
 
-def main(argv=None):
+def _parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", nargs="+", default=["default", "large"], choices=["default", "medium", "large"],
+    p.add_argument("--shapes", nargs="+", default=["default", "large"],
+                   choices=["default", "medium", "large"],
                    help="model shapes (see the module docstring); default: default large")
     p.add_argument("--variants", nargs="+", default=["dense", "sparse90", "local", "sparse90+local"],
                    help="refsparse variants: dense, sparseNN, local (the shape's window), localW, and "
@@ -279,12 +281,69 @@ def main(argv=None):
     p.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
+    return p
+
+
+def _measure(shape, dtype, variants, args):
+    """Every round of torch dense and each refsparse variant at one shape and dtype, each in
+    its own process, the order reversed every other round; the reference check in round 1."""
+    jobs = [("torch", "dense")] + [("refsparse", v["name"]) for v in variants]
+    done = {job: [] for job in jobs}
+    for rnd in range(args.rounds):
+        for lib, vname in (jobs if rnd % 2 == 0 else jobs[::-1]):
+            print(f"round {rnd + 1}: {dtype} {lib} {vname} ...", file=sys.stderr)
+            # refsparse as `refsparse train` runs it: OpenBLAS on one thread (refsparse splits
+            # the big products over its own threads), Numba on all cores, and Numba's OpenMP
+            # threads asleep between kernels instead of spinning into the next product
+            env = None
+            wargs = [lib, "--shape", json.dumps(shape), "--dtype", dtype, "--steps", str(args.steps),
+                     "--warmup", str(args.warmup)]
+            if lib == "refsparse":
+                env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads,
+                       "OMP_WAIT_POLICY": args.refsparse_omp_wait_policy}
+                wargs += ["--variant", vname] + (["--check"] if rnd == 0 else [])
+            done[(lib, vname)].append(run_worker(__file__, wargs, env=env))
+    return {job: _pool_rounds(done[job], shape) for job in jobs}
+
+
+def _compare(pooled, variants, dtype):
+    """Ratios to torch dense and the first-loss checks, stored in the refsparse records;
+    returns the table rows and the checks."""
+    theirs = pooled[("torch", "dense")]
+    tol = 1e-10 if dtype == "float64" else 1e-4
+    rows = [["torch", "dense", "full", f"{theirs['median_ms']:.1f}", f"{theirs['tokens_per_s']:,.0f}",
+             f"{theirs['peak_rss_mb']:.0f}", "1.00×", "", f"first loss {theirs['first_loss']:.6f}"]]
+    checks = []
+    for v in variants:
+        r = pooled[("refsparse", v["name"])]
+        r["ratio_to_torch_dense"] = r["median_ms"] / theirs["median_ms"]
+        # dense: the same weights as torch's; every variant: the same model on the reference path
+        against = ([("torch", theirs["first_loss"])] if v["name"] == "dense" else []) \
+            + [("reference", r["reference_loss"])]
+        r["checks"] = []
+        for name, loss in against:
+            rel = _rel(r["first_loss"], loss)
+            r["checks"].append({"dtype": dtype, "shape_name": r["shape_name"], "variant": v["name"],
+                                "against": name, "first_loss_rel_diff": rel, "ok": rel <= tol})
+        checks += r["checks"]
+        rounds = " / ".join(f"{m / t:.2f}" for m, t in zip(r["round_median_ms"], theirs["round_median_ms"]))
+        rows.append(["refsparse", f"{v['sparsity']:.0%} sparse" if v["sparsity"] else "dense", v["attention"],
+                     f"{r['median_ms']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}",
+                     f"{r['ratio_to_torch_dense']:.2f}×", rounds,
+                     ", ".join(f"vs {c['against']} {c['first_loss_rel_diff']:.1e}" for c in r["checks"])
+                     + ("" if all(c["ok"] for c in r["checks"]) else " **MISMATCH**")])
+    return rows, checks
+
+
+def main(argv=None):
+    p = _parser()
     args = p.parse_args(argv)
     if args.worker:
         args.lib = args.worker
         return worker(args)
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
-        p.error(f"--steps, --warmup, --rounds: expected each ≥ 1, got {args.steps}, {args.warmup}, {args.rounds}")
+        p.error(f"--steps, --warmup, --rounds: expected each ≥ 1, got {args.steps}, {args.warmup}, "
+                f"{args.rounds}")
 
     all_shapes = shapes()
     plan = {}  # shape name -> the parsed variants
@@ -296,84 +355,41 @@ def main(argv=None):
             p.error(str(e))
         for v in plan[sname]:
             if v["window"] is not None and v["window"] >= shape["seq_len"]:
-                print(f"warning: {v['name']} at shape {sname}: window {v['window']} ≥ T {shape['seq_len']}, "
-                      f"so it is full causal attention run through the sparse kernels", file=sys.stderr)
+                print(f"warning: {v['name']} at shape {sname}: window {v['window']} ≥ T "
+                      f"{shape['seq_len']}, so it is full causal attention run through the sparse "
+                      f"kernels", file=sys.stderr)
 
     warn_openblas_env()
     runs, tables, checks = [], [], []
     for sname, variants in plan.items():
-        shape = all_shapes[sname]
+        s = all_shapes[sname]
         for dtype in args.dtypes:
-            jobs = [("torch", "dense")] + [("refsparse", v["name"]) for v in variants]
-            done = {job: [] for job in jobs}
-            for rnd in range(args.rounds):
-                for lib, vname in (jobs if rnd % 2 == 0 else jobs[::-1]):
-                    print(f"round {rnd + 1}: {sname} {dtype} {lib} {vname} ...", file=sys.stderr)
-                    # refsparse as `refsparse train` runs it: OpenBLAS on one thread (refsparse
-                    # splits the big products over its own threads), Numba on all cores, and
-                    # Numba's OpenMP threads asleep between kernels instead of spinning into
-                    # the next product
-                    env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads,
-                           "OMP_WAIT_POLICY": args.refsparse_omp_wait_policy} if lib == "refsparse" else None
-                    wargs = [lib, "--shape", json.dumps(shape), "--dtype", dtype, "--steps", str(args.steps),
-                             "--warmup", str(args.warmup)]
-                    if lib == "refsparse":
-                        wargs += ["--variant", vname] + (["--check"] if rnd == 0 else [])
-                    done[(lib, vname)].append(run_worker(__file__, wargs, env=env))
-            pooled = {job: {**_pool_rounds(done[job], shape), "shape_name": sname, "shape": shape}
-                      for job in jobs}
-            torch_res = pooled[("torch", "dense")]
-            tol = 1e-10 if dtype == "float64" else 1e-4
-            rows = [["torch", "dense", "full", f"{torch_res['median_ms']:.1f}",
-                     f"{torch_res['tokens_per_s']:,.0f}", f"{torch_res['peak_rss_mb']:.0f}", "1.00×", "",
-                     f"first loss {torch_res['first_loss']:.6f}"]]
-            for v in variants:
-                r = pooled[("refsparse", v["name"])]
-                r["ratio_to_torch_dense"] = r["median_ms"] / torch_res["median_ms"]
-                mine = []
-                if v["name"] == "dense":
-                    rel = _rel(r["first_loss"], torch_res["first_loss"])
-                    c = {"dtype": dtype, "shape_name": sname, "variant": v["name"], "against": "torch",
-                         "first_loss_rel_diff": rel, "ok": rel <= tol}
-                    checks.append(c)
-                    mine.append(f"vs torch {rel:.1e}")
-                rel = _rel(r["first_loss"], r["reference_loss"])
-                c = {"dtype": dtype, "shape_name": sname, "variant": v["name"], "against": "reference",
-                     "first_loss_rel_diff": rel, "ok": rel <= tol}
-                checks.append(c)
-                mine.append(f"vs reference {rel:.1e}")
-                r["checks"] = [c for c in checks if c["shape_name"] == sname and c["dtype"] == dtype
-                               and c["variant"] == v["name"]]
-                ok = all(c["ok"] for c in r["checks"])
-                rows.append(["refsparse", f"{v['sparsity']:.0%} sparse" if v["sparsity"] else "dense",
-                             v["attention"], f"{r['median_ms']:.1f}", f"{r['tokens_per_s']:,.0f}",
-                             f"{r['peak_rss_mb']:.0f}", f"{r['ratio_to_torch_dense']:.2f}×",
-                             " / ".join(f"{m / t:.2f}" for m, t in zip(r["round_median_ms"],
-                                                                       torch_res["round_median_ms"])),
-                             ", ".join(mine) + ("" if ok else " **MISMATCH**")])
+            print(f"shape {sname}:", file=sys.stderr)
+            pooled = _measure(s, dtype, variants, args)
+            for r in pooled.values():
+                r.update(shape_name=sname, shape=s)
+            rows, found = _compare(pooled, variants, dtype)
+            checks += found
             runs += pooled.values()
-            tables.append({"shape_name": sname, "shape": shape, "dtype": dtype,
-                           "rows": [{"lib": row[0], "weights": row[1], "attention": row[2],
-                                     "median_ms": pooled[job]["median_ms"],
-                                     "ratio_to_torch_dense": pooled[job]["median_ms"] / torch_res["median_ms"]}
-                                    for row, job in zip(rows, [("torch", "dense")]
-                                                        + [("refsparse", v["name"]) for v in variants])]})
-            s = shape
+            tables.append({"shape_name": sname, "shape": s, "dtype": dtype,
+                           "rows": [{"lib": r["lib"], "variant": r["variant"], "sparsity": r["sparsity"],
+                                     "attention": r["attention"], "median_ms": r["median_ms"],
+                                     "ratio_to_torch_dense": r.get("ratio_to_torch_dense", 1.0)}
+                                    for r in pooled.values()]})
             print(f"\nDecoder-only LM training step, shape {sname}: {s['n_layers']} layers, d_model "
-                  f"{s['d_model']}, {s['n_heads']} heads, d_ff {s['d_ff']}, T {s['seq_len']}, batch {s['batch']}, "
-                  f"{dtype}, {torch_res['parameters']:,} parameters dense; median of {args.rounds} × "
-                  f"{args.steps} steps ({args.rounds} rounds, each after {args.warmup} warm-up steps, the "
-                  f"processes taking turns to go first), each in its own process; refsparse with "
-                  f"OPENBLAS_NUM_THREADS={args.refsparse_blas_threads} and OMP_WAIT_POLICY="
-                  f"{args.refsparse_omp_wait_policy} (Numba kernels and the split matrix products on all "
-                  f"cores), torch dense with its defaults. Sparse weights: the attention projections and "
-                  f"feed-forward layers, uniform, random positions; local: causal window (the query and "
-                  f"the window − 1 positions before it).\n")
+                  f"{s['d_model']}, {s['n_heads']} heads, d_ff {s['d_ff']}, T {s['seq_len']}, batch "
+                  f"{s['batch']}, {dtype}, {pooled[('torch', 'dense')]['parameters']:,} parameters dense; "
+                  f"median of {args.rounds} × {args.steps} steps ({args.rounds} rounds, each after "
+                  f"{args.warmup} warm-up steps, the processes taking turns to go first), each in its own "
+                  f"process; refsparse with OPENBLAS_NUM_THREADS={args.refsparse_blas_threads} and "
+                  f"OMP_WAIT_POLICY={args.refsparse_omp_wait_policy} (Numba kernels and the split matrix "
+                  f"products on all cores), torch dense with its defaults. Sparse weights: the attention "
+                  f"projections and feed-forward layers, uniform, random positions; local: causal window "
+                  f"(the query and the window − 1 positions before it).\n")
             print(markdown_table(["library", "weights", "attention", "ms/step", "tokens/s", "peak RSS (MB)",
                                   "ratio to torch dense", "÷ torch dense, round by round",
                                   "first-loss check (relative difference)"], rows))
-    blas = runs[0]["env"].get("blas")
-    print(f"\nnumpy BLAS: {blas}")
+    print(f"\nnumpy BLAS: {runs[0]['env'].get('blas')}")
     bad = [c for c in checks if not c["ok"]]
     for c in bad:
         print(f"MISMATCH: first loss of refsparse {c['variant']} at {c['shape_name']} {c['dtype']} against "
@@ -381,9 +397,9 @@ def main(argv=None):
     # the dense-only script's format (read by scripts/plot_benchmarks.py and scripts/mkdocs_hooks.py):
     # dense refsparse and torch at the first shape, and their refsparse-vs-torch checks
     first = next(iter(plan))
-    legacy = [r for r in runs if r["shape_name"] == first and r["variant"] == "dense"]
-    legacy_checks = [c for c in checks if c["shape_name"] == first and c["against"] == "torch"]
-    payload = {"shape": all_shapes[first], "results": legacy, "checks": legacy_checks,
+    payload = {"shape": all_shapes[first],
+               "results": [r for r in runs if r["shape_name"] == first and r["variant"] == "dense"],
+               "checks": [c for c in checks if c["shape_name"] == first and c["against"] == "torch"],
                "runs": runs, "table": tables, "all_checks": checks,
                "args": {k: v for k, v in vars(args).items()
                         if k not in ("worker", "shape", "variant", "check", "dtype", "json", "out")}}
