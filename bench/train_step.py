@@ -379,7 +379,7 @@ def main(argv=None):
             print(f"\nDecoder-only LM training step, shape {sname}: {s['n_layers']} layers, d_model "
                   f"{s['d_model']}, {s['n_heads']} heads, d_ff {s['d_ff']}, T {s['seq_len']}, batch "
                   f"{s['batch']}, {dtype}, {pooled[('torch', 'dense')]['parameters']:,} parameters dense; "
-                  f"median of {args.rounds} × {args.steps} steps ({args.rounds} rounds, each after "
+                  f"median of {args.rounds} × {args.steps} steps ({args.rounds} round(s), each after "
                   f"{args.warmup} warm-up steps, the processes taking turns to go first), each in its own "
                   f"process; refsparse with OPENBLAS_NUM_THREADS={args.refsparse_blas_threads} and "
                   f"OMP_WAIT_POLICY={args.refsparse_omp_wait_policy} (Numba kernels and the split matrix "
