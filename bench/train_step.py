@@ -1,25 +1,58 @@
-"""One AdamW training step of a decoder-only LM: refsparse against PyTorch CPU.
+"""One AdamW training step of a decoder-only LM: refsparse, dense and sparse, against PyTorch dense.
 
-The model: 4 layers, d_model 256, 4 heads, d_ff 1024, T 256, batch 16, the built-in
-corpus's vocabulary; the same initial weights and batch on both sides. One step is
-zero_grad, forward, cross-entropy, backward, global-norm clipping and AdamW.
+What is timed: one training step — zero_grad, forward, cross-entropy, backward, global-norm
+clipping (1.0) and AdamW (lr 1e-3, weight decay 0.1) — on a fixed batch of the built-in
+corpus, in these variants of refsparse (``--variants``):
 
-Each library runs in its own process, warms up, then times ``--steps`` steps; this is
-repeated ``--rounds`` times with the libraries taking turns to go first, and the figure
-is the median over all rounds' steps (this machine's speed drifts from minute to minute,
-so one round each can favour either side). The script checks that both sides compute
-the same first loss.
+- ``dense``: every weight dense, full causal attention (dense BLAS products);
+- ``sparse90``: the attention projections and feed-forward layers 90% sparse (CSR
+  ``SparseLinear``), uniform over those layers, at random positions — what
+  ``refsparse train --sparsity 0.9`` starts from (its default method, static sparse
+  training: ``refsparse.prune.sparsify(model, 0.9, criterion="random")``); embeddings,
+  norms, biases and the tied output head stay dense. ``sparseNN`` gives NN% instead;
+- ``local``: dense weights, causal local attention ``local:window=W`` through the sparse
+  attention kernels, each query attending to itself and the W − 1 positions before it, with
+  the shape's W (``localW`` sets W);
+- ``sparse90+local``: both.
+
+each against the same model in PyTorch, DENSE with full causal attention (the dense
+refsparse model's initial weights copied into ``TorchDecoderLM``): the ratio column is
+refsparse's ms/step ÷ torch dense's ms/step at the same shape and dtype.
+
+Shapes (``--shapes``):
+
+- ``default``: the model ``refsparse train`` trains by default (``TrainConfig``'s d_model,
+  n_layers, n_heads, d_ff, seq_len and batch_size, read at run time), local window 32
+  (< T, so the window really drops keys);
+- ``large``: 4 layers, d_model 512, 8 heads, d_ff 2048, T 1024, batch 4, local window 128;
+- ``medium``: 4 layers, d_model 256, 4 heads, d_ff 1024, T 256, batch 16, window 64 (this
+  script's only shape before the sparse variants).
+
+Each library (and each refsparse variant) runs in its own process, warms up, then times
+``--steps`` steps; this is repeated ``--rounds`` times, the processes taking turns to go first
+(reversed order every other round), and the figure is the median over all rounds' steps (this
+machine's speed drifts from minute to minute, so one round each can favour either side).
+
+Checks, before timing: dense refsparse's first loss equals torch's (relative 1e-4 in float32,
+1e-10 in float64: the same weights and batch); every refsparse variant's first loss on the
+fast kernels equals the same model's loss on the reference path
+(``refsparse.kernels.use("reference")``), to the same tolerances (torch, being dense,
+cannot check the sparse variants). A failed check makes the script exit with status 1.
 
 Peak RSS is each process's whole lifetime peak. The torch process also imports numba and
 scipy and builds the refsparse model that it copies its weights from, about 120 MB of its
-figure (measured: 218 MB after ``import torch``, 336 MB once the model is built), so its
-column overstates torch's own memory by that much.
+figure at the medium shape (measured: 218 MB after ``import torch``, 336 MB once the model is
+built), so its column overstates torch's own memory by that much.
 
 Run it as:
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train_step.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/train_step.py \\
+        --shapes default large --variants dense sparse90 local sparse90+local --dtypes float32
 
-Prints a markdown table and writes bench/results/train_step.json.
+Prints a markdown table per shape and dtype and writes bench/results/train_step.json:
+``runs`` holds one record per (shape, variant, library, dtype), ``table`` the printed rows;
+``shape``, ``results`` and ``checks`` keep the format of the dense-only script (dense
+refsparse and torch at the first shape, and their first-loss checks), which the docs read.
 """
 
 from __future__ import annotations
@@ -27,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -41,30 +75,99 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-SHAPE = dict(n_layers=4, d_model=256, n_heads=4, d_ff=1024, seq_len=256, batch=16)
+DEFAULT_WINDOW = 32  # the local window at the default shape (T 64 there): < T
 
 
-def build(dtype):
+def shapes():
+    """The named shapes: ``default`` is ``refsparse train``'s model, read from TrainConfig."""
+    from refsparse.train import TrainConfig
+
+    c = TrainConfig()
+    return {
+        "default": dict(n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_ff=c.d_ff,
+                        seq_len=c.seq_len, batch=c.batch_size, window=DEFAULT_WINDOW),
+        "medium": dict(n_layers=4, d_model=256, n_heads=4, d_ff=1024, seq_len=256, batch=16, window=64),
+        "large": dict(n_layers=4, d_model=512, n_heads=8, d_ff=2048, seq_len=1024, batch=4, window=128),
+    }
+
+
+def parse_variant(name, shape):
+    """``"dense"``, ``"sparseNN"``, ``"local"``/``"localW"`` or sparse and local joined by
+    ``+`` -> {"name", "sparsity", "attention", "window"} (window None: full attention)."""
+    sparsity, window = 0.0, None
+    parts = name.split("+")
+    for part in parts:
+        m_sparse = re.fullmatch(r"sparse(\d+)", part)
+        m_local = re.fullmatch(r"local(\d*)", part)
+        if part == "dense" and len(parts) == 1:
+            pass
+        elif m_sparse and 0 < int(m_sparse.group(1)) < 100:
+            sparsity = int(m_sparse.group(1)) / 100
+        elif m_local and m_local.group(1) != "0":
+            window = int(m_local.group(1)) if m_local.group(1) else int(shape["window"])
+        else:
+            raise ValueError(f"variant: expected 'dense', 'sparseNN' (0 < NN < 100), 'local', 'localW' "
+                             f"(W ≥ 1) or a sparse and a local part joined by '+', got {name!r}")
+    attention = "full" if window is None else f"local:window={window}"
+    return {"name": name, "sparsity": sparsity, "attention": attention, "window": window}
+
+
+def build(shape, dtype, sparsity=0.0, attention="full"):
+    """The model (seed 0), then made sparse as ``refsparse train --sparsity s`` does, and a batch."""
     import numpy as np
 
     from refsparse.data import CharTokenizer, builtin_corpus, get_lm_batch
     from refsparse.models import DecoderLM, DecoderLMConfig
+    from refsparse.prune import sparsify
 
     text = builtin_corpus()
     tok = CharTokenizer.from_text(text)
     ids = tok.encode(text)
-    cfg = DecoderLMConfig(vocab_size=tok.vocab_size, d_model=SHAPE["d_model"], n_heads=SHAPE["n_heads"],
-                          n_layers=SHAPE["n_layers"], d_ff=SHAPE["d_ff"], max_len=SHAPE["seq_len"],
-                          dtype=dtype)
+    cfg = DecoderLMConfig(vocab_size=tok.vocab_size, d_model=shape["d_model"], n_heads=shape["n_heads"],
+                          n_layers=shape["n_layers"], d_ff=shape["d_ff"], max_len=shape["seq_len"],
+                          dtype=dtype, attention=attention)
     model = DecoderLM(cfg, rng=np.random.default_rng(0))
-    x, y = get_lm_batch(ids, SHAPE["batch"], SHAPE["seq_len"], np.random.default_rng(1))
+    if sparsity > 0:
+        # refsparse train's default method (static, refsparse.prune.methods.Static.setup) with
+        # seed 0: uniform over the attention projections and feed-forward layers, random positions
+        sparsify(model, sparsity, distribution="uniform", criterion="random", rng=np.random.default_rng(2))
+    x, y = get_lm_batch(ids, shape["batch"], shape["seq_len"], np.random.default_rng(1))
     return model, x, y
 
 
-def worker_refsparse(dtype, steps, warmup):
-    from refsparse.optim import AdamW, clip_grad_norm
+def reference_loss(model, x, y):
+    """The model's loss on the reference path (forward only; no parameter changes)."""
+    import refsparse.kernels
+    from refsparse import functional as F
 
-    model, x, y = build(dtype)
+    with refsparse.kernels.use("reference"):
+        loss, _ = F.cross_entropy_forward(model.forward(x), y)
+    return float(loss)
+
+
+def _time_steps(step, steps, warmup):
+    first = step()
+    for _ in range(warmup - 1):
+        step()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return first, times
+
+
+def worker_refsparse(shape, dtype, variant, steps, warmup, check=True):
+    """Time refsparse's step for one variant; with ``check``, first its reference-path loss."""
+    from refsparse.optim import AdamW, clip_grad_norm
+    from refsparse.prune import overall_sparsity
+
+    model, x, y = build(shape, dtype, variant["sparsity"], variant["attention"])
+    out = {}
+    if check:
+        t = time.perf_counter()
+        out["reference_loss"] = reference_loss(model, x, y)
+        out["reference_check_s"] = time.perf_counter() - t
     opt = AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
 
     def step():
@@ -74,23 +177,18 @@ def worker_refsparse(dtype, steps, warmup):
         opt.step()
         return loss
 
-    first = step()
-    for _ in range(warmup - 1):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return first, times, model.num_parameters()
+    first, times = _time_steps(step, steps, warmup)
+    return {"first_loss": first, "times_s": times, "parameters": model.num_parameters(),
+            "weight_sparsity": overall_sparsity(model), **out}
 
 
-def worker_torch(dtype, steps, warmup):
+def worker_torch(shape, dtype, steps, warmup):
+    """Time torch's step: the dense model, full causal attention, refsparse's dense initial weights."""
     import torch
 
     from refsparse.interop.torch_models import TorchDecoderLM, copy_lm_to_torch
 
-    model, x, y = build(dtype)
+    model, x, y = build(shape, dtype)
     tmodel = TorchDecoderLM(model.config)
     copy_lm_to_torch(model, tmodel)
     del model
@@ -107,16 +205,9 @@ def worker_torch(dtype, steps, warmup):
         return loss.item()
 
     time.sleep(0.5)  # let any OpenBLAS threads from the set-up stop spinning
-    first = step()
-    for _ in range(warmup - 1):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    n = sum(p.numel() for p in tmodel.parameters())
-    return first, times, n, {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    first, times = _time_steps(step, steps, warmup)
+    return {"first_loss": first, "times_s": times, "parameters": sum(p.numel() for p in tmodel.parameters()),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def _split_threads():
@@ -127,103 +218,199 @@ def _split_threads():
 
 
 def worker(args):
-    extra = {}
+    shape = json.loads(args.shape)
     if args.lib == "refsparse":
-        first, times, n = worker_refsparse(args.dtype, args.steps, args.warmup)
+        variant = parse_variant(args.variant, shape)
+        res = worker_refsparse(shape, args.dtype, variant, args.steps, args.warmup, check=args.check)
     else:
-        first, times, n, extra = worker_torch(args.dtype, args.steps, args.warmup)
-    tokens = SHAPE["batch"] * SHAPE["seq_len"]
-    med = statistics.median(times)
-    result = {"lib": args.lib, "dtype": args.dtype, "first_loss": first, "times_s": times,
+        variant = parse_variant("dense", shape)
+        res = worker_torch(shape, args.dtype, args.steps, args.warmup)
+    tokens = shape["batch"] * shape["seq_len"]
+    med = statistics.median(res["times_s"])
+    result = {"lib": args.lib, "dtype": args.dtype, "variant": variant["name"],
+              "sparsity": variant["sparsity"], "attention": variant["attention"], **res,
               "median_ms": 1000 * med, "tokens_per_s": tokens / med, "peak_rss_mb": peak_rss_mb(),
-              "parameters": n, "env": environment(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-              "refsparse_split_threads": _split_threads() if args.lib == "refsparse" else None, **extra}
+              "env": environment(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+              "refsparse_split_threads": _split_threads() if args.lib == "refsparse" else None}
     with open(args.json, "w") as f:
         json.dump(result, f)
 
 
-def _pool_rounds(runs):
-    """One library's rounds as one result: the median over all their timed steps."""
+def _pool_rounds(runs, shape):
+    """One process kind's rounds as one result: the median over all their timed steps."""
     times = [t for r in runs for t in r["times_s"]]
     med = statistics.median(times)
-    tokens = SHAPE["batch"] * SHAPE["seq_len"]
-    return {**runs[0], "times_s": times, "median_ms": 1000 * med, "tokens_per_s": tokens / med,
+    tokens = shape["batch"] * shape["seq_len"]
+    checked = next((r for r in runs if "reference_loss" in r), {})
+    return {**runs[0], **{k: checked[k] for k in ("reference_loss", "reference_check_s") if k in checked},
+            "times_s": times, "median_ms": 1000 * med, "tokens_per_s": tokens / med,
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "round_median_ms": [r["median_ms"] for r in runs]}
 
 
-def main():
+def _rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def _parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="+", default=["default", "large"],
+                   choices=["default", "medium", "large"],
+                   help="model shapes (see the module docstring); default: default large")
+    p.add_argument("--variants", nargs="+", default=["dense", "sparse90", "local", "sparse90+local"],
+                   help="refsparse variants: dense, sparseNN, local (the shape's window), localW, and "
+                        "sparseNN+local[W]; each against torch dense")
     p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, caches)")
-    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     p.add_argument("--rounds", type=int, default=3,
-                   help="run each library this many times, alternating which goes first; the "
-                        "median is over the timed steps of all rounds (this machine's speed "
-                        "drifts by 20%% from minute to minute)")
+                   help="run each process this many times, alternating the order; the median is "
+                        "over the timed steps of all rounds (this machine's speed drifts by 20%% "
+                        "from minute to minute)")
     p.add_argument("--refsparse-blas-threads", default=os.environ.get("OPENBLAS_NUM_THREADS", "1"),
                    help="OPENBLAS_NUM_THREADS for the refsparse process (default 1, as refsparse train)")
     p.add_argument("--refsparse-omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY", "passive"),
                    help="OMP_WAIT_POLICY for the refsparse process (default passive: Numba's OpenMP "
                         "threads sleep between kernels instead of spinning for milliseconds)")
+    p.add_argument("--out", default=None,
+                   help="where to write the JSON (default bench/results/train_step.json)")
     p.add_argument("--worker", choices=["refsparse", "torch"], help=argparse.SUPPRESS)
-    p.add_argument("--lib", help=argparse.SUPPRESS)
+    p.add_argument("--shape", help=argparse.SUPPRESS)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p
+
+
+def _measure(shape, dtype, variants, args):
+    """Every round of torch dense and each refsparse variant at one shape and dtype, each in
+    its own process, the order reversed every other round; the reference check in round 1."""
+    jobs = [("torch", "dense")] + [("refsparse", v["name"]) for v in variants]
+    done = {job: [] for job in jobs}
+    for rnd in range(args.rounds):
+        for lib, vname in (jobs if rnd % 2 == 0 else jobs[::-1]):
+            print(f"round {rnd + 1}: {dtype} {lib} {vname} ...", file=sys.stderr)
+            # refsparse as `refsparse train` runs it: OpenBLAS on one thread (refsparse splits
+            # the big products over its own threads), Numba on all cores, and Numba's OpenMP
+            # threads asleep between kernels instead of spinning into the next product
+            env = None
+            wargs = [lib, "--shape", json.dumps(shape), "--dtype", dtype, "--steps", str(args.steps),
+                     "--warmup", str(args.warmup)]
+            if lib == "refsparse":
+                env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads,
+                       "OMP_WAIT_POLICY": args.refsparse_omp_wait_policy}
+                wargs += ["--variant", vname] + (["--check"] if rnd == 0 else [])
+            done[(lib, vname)].append(run_worker(__file__, wargs, env=env))
+    return {job: _pool_rounds(done[job], shape) for job in jobs}
+
+
+def _compare(pooled, variants, dtype):
+    """Ratios to torch dense and the first-loss checks, stored in the refsparse records;
+    returns the table rows and the checks."""
+    theirs = pooled[("torch", "dense")]
+    tol = 1e-10 if dtype == "float64" else 1e-4
+    rows = [["torch", "dense", "full", f"{theirs['median_ms']:.1f}", f"{theirs['tokens_per_s']:,.0f}",
+             f"{theirs['peak_rss_mb']:.0f}", "1.00×", "", f"first loss {theirs['first_loss']:.6f}"]]
+    checks = []
+    for v in variants:
+        r = pooled[("refsparse", v["name"])]
+        r["ratio_to_torch_dense"] = r["median_ms"] / theirs["median_ms"]
+        # dense: the same weights as torch's; every variant: the same model on the reference path
+        against = ([("torch", theirs["first_loss"])] if v["name"] == "dense" else []) \
+            + [("reference", r["reference_loss"])]
+        r["checks"] = []
+        for name, loss in against:
+            rel = _rel(r["first_loss"], loss)
+            r["checks"].append({"dtype": dtype, "shape_name": r["shape_name"], "variant": v["name"],
+                                "against": name, "first_loss_rel_diff": rel, "ok": rel <= tol})
+        checks += r["checks"]
+        rounds = " / ".join(f"{m / t:.2f}" for m, t in zip(r["round_median_ms"], theirs["round_median_ms"]))
+        rows.append(["refsparse", f"{v['sparsity']:.0%} sparse" if v["sparsity"] else "dense", v["attention"],
+                     f"{r['median_ms']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}",
+                     f"{r['ratio_to_torch_dense']:.2f}×", rounds,
+                     ", ".join(f"vs {c['against']} {c['first_loss_rel_diff']:.1e}" for c in r["checks"])
+                     + ("" if all(c["ok"] for c in r["checks"]) else " **MISMATCH**")])
+    return rows, checks
+
+
+def main(argv=None):
+    p = _parser()
+    args = p.parse_args(argv)
     if args.worker:
         args.lib = args.worker
         return worker(args)
+    if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
+        p.error(f"--steps, --warmup, --rounds: expected each ≥ 1, got {args.steps}, {args.warmup}, "
+                f"{args.rounds}")
+
+    all_shapes = shapes()
+    plan = {}  # shape name -> the parsed variants
+    for sname in dict.fromkeys(args.shapes):
+        shape = all_shapes[sname]
+        try:
+            plan[sname] = [parse_variant(v, shape) for v in dict.fromkeys(args.variants)]
+        except ValueError as e:
+            p.error(str(e))
+        for v in plan[sname]:
+            if v["window"] is not None and v["window"] >= shape["seq_len"]:
+                print(f"warning: {v['name']} at shape {sname}: window {v['window']} ≥ T "
+                      f"{shape['seq_len']}, so it is full causal attention run through the sparse "
+                      f"kernels", file=sys.stderr)
 
     warn_openblas_env()
-    results = []
-    for dtype in args.dtypes:
-        runs = {"refsparse": [], "torch": []}
-        for rnd in range(args.rounds):
-            order = ("refsparse", "torch") if rnd % 2 == 0 else ("torch", "refsparse")
-            for lib in order:
-                print(f"round {rnd + 1}: {lib} {dtype} ...", file=sys.stderr)
-                # refsparse as `refsparse train` runs it: OpenBLAS on one thread (refsparse
-                # splits the big products over its own threads), Numba on all cores, and
-                # Numba's OpenMP threads asleep between kernels instead of spinning into
-                # the next product
-                env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads,
-                       "OMP_WAIT_POLICY": args.refsparse_omp_wait_policy} if lib == "refsparse" else None
-                runs[lib].append(run_worker(__file__, [lib, "--dtype", dtype, "--steps", str(args.steps),
-                                                       "--warmup", str(args.warmup)], env=env))
-        for lib in ("refsparse", "torch"):
-            results.append(_pool_rounds(runs[lib]))
-    rows = []
-    checks = []
-    for dtype in args.dtypes:
-        mine = next(r for r in results if r["lib"] == "refsparse" and r["dtype"] == dtype)
-        theirs = next(r for r in results if r["lib"] == "torch" and r["dtype"] == dtype)
-        rel = abs(mine["first_loss"] - theirs["first_loss"]) / abs(theirs["first_loss"])
-        tol = 1e-10 if dtype == "float64" else 1e-4
-        checks.append({"dtype": dtype, "first_loss_rel_diff": rel, "ok": rel <= tol})
-        for r in (mine, theirs):
-            rows.append([r["lib"], dtype, f"{r['median_ms']:.1f}", f"{r['tokens_per_s']:,.0f}",
-                         f"{r['peak_rss_mb']:.0f}",
-                         f"{r['median_ms'] / theirs['median_ms']:.2f}×",
-                         " / ".join(f"{m / t:.2f}" for m, t in zip(mine["round_median_ms"],
-                                                                   theirs["round_median_ms"]))])
-    print(f"\nDecoder-only LM training step: {SHAPE['n_layers']} layers, d_model {SHAPE['d_model']}, "
-          f"{SHAPE['n_heads']} heads, T {SHAPE['seq_len']}, batch {SHAPE['batch']}, "
-          f"{results[0]['parameters']:,} parameters; median of {args.rounds} × {args.steps} steps "
-          f"({args.rounds} rounds, each after {args.warmup} warm-up steps, the libraries taking turns "
-          f"to go first), each library in its own process; refsparse with OPENBLAS_NUM_THREADS="
-          f"{args.refsparse_blas_threads} and OMP_WAIT_POLICY={args.refsparse_omp_wait_policy} "
-          f"(Numba kernels and the split matrix products on all cores), torch with its defaults.\n")
-    print(markdown_table(["library", "dtype", "ms/step", "tokens/s", "peak RSS (MB)",
-                          "ratio to torch", "refsparse ÷ torch, round by round"], rows))
-    for c in checks:
-        print(f"\nfirst-step loss, refsparse vs torch, {c['dtype']}: relative difference "
-              f"{c['first_loss_rel_diff']:.2e} ({'ok' if c['ok'] else 'MISMATCH'})")
-    blas = results[0]["env"].get("blas")
-    print(f"\nnumpy BLAS: {blas}")
-    path = write_json("train_step.json", {"shape": SHAPE, "results": results, "checks": checks})
+    runs, tables, checks = [], [], []
+    for sname, variants in plan.items():
+        s = all_shapes[sname]
+        for dtype in args.dtypes:
+            print(f"shape {sname}:", file=sys.stderr)
+            pooled = _measure(s, dtype, variants, args)
+            for r in pooled.values():
+                r.update(shape_name=sname, shape=s)
+            rows, found = _compare(pooled, variants, dtype)
+            checks += found
+            runs += pooled.values()
+            tables.append({"shape_name": sname, "shape": s, "dtype": dtype,
+                           "rows": [{"lib": r["lib"], "variant": r["variant"], "sparsity": r["sparsity"],
+                                     "attention": r["attention"], "median_ms": r["median_ms"],
+                                     "ratio_to_torch_dense": r.get("ratio_to_torch_dense", 1.0)}
+                                    for r in pooled.values()]})
+            print(f"\nDecoder-only LM training step, shape {sname}: {s['n_layers']} layers, d_model "
+                  f"{s['d_model']}, {s['n_heads']} heads, d_ff {s['d_ff']}, T {s['seq_len']}, batch "
+                  f"{s['batch']}, {dtype}, {pooled[('torch', 'dense')]['parameters']:,} parameters dense; "
+                  f"median of {args.rounds} × {args.steps} steps ({args.rounds} round(s), each after "
+                  f"{args.warmup} warm-up steps, the processes taking turns to go first), each in its own "
+                  f"process; refsparse with OPENBLAS_NUM_THREADS={args.refsparse_blas_threads} and "
+                  f"OMP_WAIT_POLICY={args.refsparse_omp_wait_policy} (Numba kernels and the split matrix "
+                  f"products on all cores), torch dense with its defaults. Sparse weights: the attention "
+                  f"projections and feed-forward layers, uniform, random positions; local: causal window "
+                  f"(the query and the window − 1 positions before it).\n")
+            print(markdown_table(["library", "weights", "attention", "ms/step", "tokens/s", "peak RSS (MB)",
+                                  "ratio to torch dense", "÷ torch dense, round by round",
+                                  "first-loss check (relative difference)"], rows))
+    print(f"\nnumpy BLAS: {runs[0]['env'].get('blas')}")
+    bad = [c for c in checks if not c["ok"]]
+    for c in bad:
+        print(f"MISMATCH: first loss of refsparse {c['variant']} at {c['shape_name']} {c['dtype']} against "
+              f"{c['against']}: relative difference {c['first_loss_rel_diff']:.2e}", file=sys.stderr)
+    # the dense-only script's format (read by scripts/plot_benchmarks.py and scripts/mkdocs_hooks.py):
+    # dense refsparse and torch at the first shape, and their refsparse-vs-torch checks
+    first = next(iter(plan))
+    payload = {"shape": all_shapes[first],
+               "results": [r for r in runs if r["shape_name"] == first and r["variant"] == "dense"],
+               "checks": [c for c in checks if c["shape_name"] == first and c["against"] == "torch"],
+               "runs": runs, "table": tables, "all_checks": checks,
+               "args": {k: v for k, v in vars(args).items()
+                        if k not in ("worker", "shape", "variant", "check", "dtype", "json", "out")}}
+    if args.out is None:
+        path = write_json("train_step.json", payload)
+    else:
+        path = args.out
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2)
     print(f"wrote {path}")
-    if not all(c["ok"] for c in checks):
+    if bad:
         sys.exit(1)
 
 
