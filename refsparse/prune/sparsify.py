@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..kernels.select import topk_indices
-from ..models import _OutputHead
+from ..models import OutputHead as _OutputHead
 from ..nn import FeedForward, Linear, Module, ModuleList, MultiHeadAttention, SparseLinear
 from .criteria import _check_finite, _is_int, block_mask, check_sparsity, n_keep, nm_mask
 
