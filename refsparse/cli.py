@@ -416,6 +416,7 @@ def build_parser():
     pt.add_argument("-o", "--output", help="PNG path for show (default: from the spec)")
     pt.set_defaults(func=_cmd_patterns)
     _add_vectors_parser(sub)
+    _add_validate_parser(sub)
     return p
 
 
@@ -571,6 +572,84 @@ def _add_vectors_parser(subparsers):
         return 0
 
     v.set_defaults(func=_help)
+    return v
+
+
+# ----------------------------------------------------------------------------------------
+# refsparse validate hf DIR   (a saved Hugging Face GPT-2 against refsparse)
+
+
+def _cmd_validate_hf(args):
+    import numpy as np
+
+    from .interop.hf import from_hf
+    from .vectors.lm import check_lm
+
+    twin = from_hf(args.directory, dtype=args.dtype)
+    try:
+        import torch
+        from transformers import GPT2LMHeadModel
+    except ImportError as e:
+        raise ImportError(f"validate hf: needs torch and transformers ({e}): "
+                          "pip install transformers") from None
+    hf = GPT2LMHeadModel.from_pretrained(args.directory, local_files_only=True)
+    hf = hf.to(getattr(torch, args.dtype))
+    c = twin.config
+    T = min(args.seq_len, c.max_len)
+    rng = np.random.default_rng(args.seed)
+    ids = rng.integers(0, c.vocab_size, (args.batch, T))
+    mask = None
+    if args.pad != "none" and T > 2:  # pad the last row: its first (left) or last (right) third
+        mask = np.ones((args.batch, T), dtype=np.int64)
+        n = max(1, T // 3)
+        if args.pad == "left":
+            mask[-1, :n] = 0
+        else:
+            mask[-1, T - n:] = 0
+    report = check_lm(hf, ids, attention_mask=mask, twin=twin, rtol=args.rtol)
+    print(f"{args.directory}: GPT-2, {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads, vocab "
+          f"{c.vocab_size}, {args.dtype}; ids ({args.batch}, {T}) from seed {args.seed}"
+          + ("" if mask is None else f", {args.pad}-padded last row"))
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+def _add_validate_parser(subparsers):
+    """``refsparse validate hf DIR`` (refsparse.vectors.lm.check_lm)."""
+    va = subparsers.add_parser(
+        "validate", help="check a real model against refsparse (logits, loss, every gradient)",
+        description="Run one forward and backward of a saved model and of its refsparse twin on the "
+                    "same ids, and compare the logits, the float64 loss and every gradient tensor by "
+                    "tensor (docs/validating.md). Exit status 0 when all pass, 1 on a mismatch, 2 on "
+                    "bad input.")
+    vs = va.add_subparsers(dest="validate_command", metavar="KIND")
+    h = vs.add_parser("hf", help="a Hugging Face GPT-2 saved with save_pretrained (config.json + "
+                                 "model.safetensors); needs torch and transformers")
+    h.add_argument("directory", metavar="DIR", help="the model directory (nothing is downloaded)")
+    h.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                   help="run both models in this precision (default float64, the reference)")
+    h.add_argument("--batch", type=_vectors_positive_int, default=2, help="batch size (default 2)")
+    h.add_argument("--seq-len", dest="seq_len", type=_vectors_positive_int, default=16,
+                   help="sequence length, at most n_positions (default 16)")
+    h.add_argument("--seed", type=_vectors_nonneg_int, default=0, help="seed of the random ids (default 0)")
+    h.add_argument("--pad", choices=["none", "left", "right"], default="left",
+                   help="pad the last row of the batch (default left), to check the attention mask")
+    h.add_argument("--rtol", type=_vectors_nonneg_float, default=None,
+                   help="relative tolerance per tensor (default float64 1e-10, float32 1e-4)")
+    h.set_defaults(func=_cmd_validate_hf)
+
+    def _help(args):
+        va.print_help()
+        return 0
+
+    va.set_defaults(func=_help)
+    return va
+
+
+def _vectors_positive_int(text):
+    v = _vectors_nonneg_int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
     return v
 
 

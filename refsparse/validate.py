@@ -15,5 +15,6 @@ from __future__ import annotations
 
 from .vectors.compare import Report, TensorResult, compare, default_tolerances, ulp_distance
 from .vectors.files import load
+from .vectors.lm import check_lm
 
-__all__ = ["Report", "TensorResult", "compare", "default_tolerances", "load", "ulp_distance"]
+__all__ = ["Report", "TensorResult", "check_lm", "compare", "default_tolerances", "load", "ulp_distance"]

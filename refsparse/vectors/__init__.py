@@ -54,9 +54,10 @@ The command line is ``refsparse vectors export | list | show | check`` (refspars
 
 from __future__ import annotations
 
-from . import recipes  # noqa: F401  (registers the ops)
+from . import lm, recipes  # noqa: F401  (register the ops)
 from .compare import Report, TensorResult, compare, default_tolerances, ulp_distance
 from .files import fingerprint, load, save, write
+from .lm import check_lm
 from .record import (
     CONVENTIONS,
     DEFAULT_SIZES,
@@ -71,6 +72,6 @@ from .record import (
 
 __all__ = [
     "CONVENTIONS", "DEFAULT_SIZES", "FORMAT", "OpInfo", "Recorder", "Report", "TensorResult",
-    "compare", "default_tolerances", "export", "fingerprint", "load", "op_names", "ops",
+    "check_lm", "compare", "default_tolerances", "export", "fingerprint", "load", "op_names", "ops",
     "recompute", "save", "ulp_distance", "write",
 ]

@@ -154,6 +154,7 @@ class Report:
     rtol: float | None = None  # as given to compare; None = the dtype's default
     atol: float | None = None
     max_ulp: int | None = None
+    note: str = ""  # how the tolerances were set, when not one rtol/atol for all (check_lm)
 
     @property
     def ok(self) -> bool:
@@ -211,8 +212,11 @@ class Report:
         compared = sum(r.status != "extra" for r in self.results)
         verdict = "OK" if self.ok else "FAILED"
         out.append("")
-        out.append(f"{verdict}: {compared - n_fail} of {compared} tensors pass ({', '.join(tol)}; "
-                   "per dtype = float64 1e-7, 1e-7; float32 1.3e-6, 1e-5)")
+        if self.note:
+            out.append(f"{verdict}: {compared - n_fail} of {compared} tensors pass ({self.note})")
+        else:
+            out.append(f"{verdict}: {compared - n_fail} of {compared} tensors pass ({', '.join(tol)}; "
+                       "per dtype = float64 1e-7, 1e-7; float32 1.3e-6, 1e-5)")
         return "\n".join(out)
 
     def __str__(self):

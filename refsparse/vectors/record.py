@@ -62,6 +62,14 @@ CONVENTIONS = {
     "module": "parameters by the module's dotted names; dropout 0; biases on; PyTorch layouts",
     "post_ln": "norm_first=False: post-LN as torch.nn.TransformerEncoderLayer; True: pre-LN",
     "padding": "no padding: every key is real",
+    "lm_loss": "output = mean cross-entropy of logits[:, :-1] against input.labels[:, 1:] (labels shifted "
+               "inside, as Hugging Face's labels=); a label equal to ignore_index counts for nothing; "
+               "logits (B, T, V) are stored too",
+    "gpt2": "pre-LN blocks, tanh GELU (gelu_new), d_ff = 4 d_model, learned positions, LayerNorm eps as "
+            "the eps option; names=hf: parameters under GPT2LMHeadModel's names and layouts (Conv1D "
+            "weights (in, out); attn.c_attn = [q | k | v] by columns; hf_config holds the GPT2Config)",
+    "trajectory": "steps.loss[k] = the loss before AdamW update k on the same batch (torch.optim.AdamW "
+                  "with the lr and weight_decay options, betas (0.9, 0.999), eps 1e-8); empty for steps=0",
 }
 
 
@@ -86,6 +94,14 @@ def check_sizes(sizes):
 
 @dataclass
 class Recorder:
+    """The context a recipe runs in: draws its tensors on export, takes them from a file on recompute.
+
+    ``rec.normal(name, shape)``, ``rec.ints``, ``rec.const``, ``rec.pattern`` and
+    ``rec.module(build)`` give the recipe its inputs and parameters by name; ``rec.B``,
+    ``rec.T``, ... are the sizes and ``rec.opt(key)`` the options. ``rec.outputs`` holds
+    results besides the output and the gradients (a model's logits, a trajectory's losses).
+    """
+
     op: str
     dtype: np.dtype
     seed: int
@@ -94,6 +110,7 @@ class Recorder:
     stored: dict | None = None  # None: export (draw); else: recompute (take)
     tensors: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)  # extra metadata an op adds (pattern text, module)
+    outputs: dict = field(default_factory=dict)  # results besides output and grads (logits, steps.loss)
     _rngs: dict = field(default_factory=dict)
 
     def rng(self, stream):
@@ -312,6 +329,7 @@ def run(ctx, info):
         if g is None:
             continue
         out["grad." + name] = np.ascontiguousarray(np.asarray(g))
+    out.update({name: np.ascontiguousarray(v) for name, v in ctx.outputs.items()})
     return out
 
 
