@@ -34,8 +34,8 @@ from .nn import (
     Module,
     ModuleList,
     SinusoidalPositionalEncoding,
+    ready_pattern,
 )
-from .nn.attention import ready_pattern
 
 __all__ = ["TransformerConfig", "Transformer", "DecoderLMConfig", "DecoderLM", "OutputHead"]
 
@@ -98,7 +98,7 @@ class _Patterns:
     """Each layer's attention pattern, built from its spec once per sequence length.
 
     Parsed, made causal (for a decoder) and prepared for the kernels here, once: the
-    attention modules take the [`ReadyPattern`][refsparse.nn.attention.ReadyPattern] as it is
+    attention modules take the [`ReadyPattern`][refsparse.nn.ReadyPattern] as it is
     and only remove padded keys.
     """
 

@@ -92,7 +92,8 @@ def test_ignore_index_and_labels():
     # the independent loss: torch's own cross-entropy of HF's logits, shifted by hand
     with torch.no_grad():
         logits = hf(torch.from_numpy(ids)).logits[:, :-1]
-    want = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.from_numpy(labels[:, 1:]).reshape(-1))
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
+                                             torch.from_numpy(labels[:, 1:]).reshape(-1))
     twin = from_hf(hf)
     from refsparse.vectors.lm import shifted_targets
 
@@ -140,7 +141,8 @@ def test_gradients_under_hf_names():
     theirs = {k: p.grad.numpy() for k, p in hf.named_parameters()}
     assert set(ours) == set(theirs)
     for k in ours:
-        np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-10, atol=1e-10 * np.abs(theirs[k]).max(), err_msg=k)
+        scale = np.abs(theirs[k]).max()
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-10, atol=1e-10 * scale, err_msg=k)
 
 
 def test_name_map_entries_invert_each_other():

@@ -28,7 +28,10 @@ from refsparse.validate import Report, compare, default_tolerances, load, ulp_di
 
 OPS = vectors.op_names()
 # inputs that are not differentiable: ids, targets, masks, dropout's mask, CSR arrays
-NON_DIFF = ("input.ids", "input.src", "input.tgt", "input.targets", "input.mask", "input.keep")
+NON_DIFF = ("input.ids", "input.src", "input.tgt", "input.targets", "input.labels", "input.mask",
+            "input.keep")
+# results besides the output and the gradients (the loss-level presets: logits, AdamW losses)
+EXTRA_OUTPUTS = ("logits", "steps.loss")
 
 
 def _is_index(name):
@@ -77,7 +80,8 @@ def test_export_check_against_itself(op, exported, tmp_path):
     assert "output" in tensors and "grad_output" in tensors
     assert tensors["grad_output"].shape == tensors["output"].shape
     for name, t in tensors.items():
-        assert name.startswith(("input.", "param.", "grad.")) or name in ("output", "grad_output"), name
+        known = name.startswith(("input.", "param.", "grad.")) or name in ("output", "grad_output")
+        assert known or name in EXTRA_OUTPUTS, name
         assert t.flags.c_contiguous
         if _is_index(name):
             assert t.dtype == np.int64, name
@@ -91,7 +95,8 @@ def test_export_check_against_itself(op, exported, tmp_path):
             assert np.all(np.isfinite(t)), name
     assert json.loads(meta["shapes"]) == {k: [list(v.shape), str(v.dtype)] for k, v in tensors.items()}
     conventions = json.loads(meta["conventions"])
-    assert "gradients" in conventions
+    info = {i.name: i for i in vectors.ops()}[op]
+    assert ("loss_gradients" if info.loss else "gradients") in conventions
     if any(n.startswith("input.pattern") for n in tensors):
         assert "pattern" in conventions and meta["pattern"]
 

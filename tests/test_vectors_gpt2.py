@@ -29,7 +29,8 @@ def _port(tensors, meta, *, eps=None, activation=None):
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg, bos_token_id=0, eos_token_id=0))
     dtype = getattr(torch, meta["dtype"])
     model = model.to(dtype).eval()
-    state = {k[len("param."):]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("param.")}
+    state = {k[len("param."):]: torch.from_numpy(v.copy())
+             for k, v in tensors.items() if k.startswith("param.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}
     model.tie_weights()

@@ -68,7 +68,7 @@ def build_attention_mask(batch, t_q, t_k, *, causal=False, attn_mask=None, key_p
 class ReadyPattern(NamedTuple):
     """A layer's sparse attention pattern made causal (if asked) and prepared for the kernels.
 
-    Built once by [`ready_pattern`][refsparse.nn.attention.ready_pattern] — a model builds one
+    Built once by [`ready_pattern`][refsparse.nn.ready_pattern] — a model builds one
     per layer and sequence length — and passed to every forward as ``pattern``; the attention
     module then only removes padded keys, per batch element, when given a ``key_padding_mask``.
     """
@@ -163,7 +163,7 @@ class MultiHeadAttention(Module):
         for the three masks.
 
         ``pattern`` — a sparse attention pattern (a CSR boolean (T_q, T_k) array, a per-head
-        list, or a [`ReadyPattern`][refsparse.nn.attention.ReadyPattern] that a model built
+        list, or a [`ReadyPattern`][refsparse.nn.ReadyPattern] that a model built
         once per sequence length; see [`refsparse.patterns`][refsparse.patterns]) — computes
         attention only at the pattern's entries with the Numba kernels (O(nnz) time and
         memory). It combines with ``causal`` (intersection) and ``key_padding_mask`` (padded
@@ -223,7 +223,7 @@ class MultiHeadAttention(Module):
     def _prepared(self, pattern, batch, t_q, t_k, causal, key_padding_mask):
         """The pattern in the kernels' layout, causal and padding applied.
 
-        A [`ReadyPattern`][refsparse.nn.attention.ReadyPattern] (what the models pass) is
+        A [`ReadyPattern`][refsparse.nn.ReadyPattern] (what the models pass) is
         already causal and prepared: only the padding is added here. A plain pattern (a
         direct caller's) is made ready here, and kept on the module for the next call while
         the same pattern objects come again: the cache is keyed by the causal flag, the shape

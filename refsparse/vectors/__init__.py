@@ -44,7 +44,7 @@ The package, one room per concern:
   ``recompute``;
 - ``recipes.py``: one recipe per op, layer and model;
 - ``lm.py``: the loss-level language-model exports (the ``gpt2`` preset, the debug state)
-  and [`check_lm`][refsparse.vectors.lm.check_lm], a PyTorch language model against its
+  and [`check_lm`][refsparse.vectors.check_lm], a PyTorch language model against its
   refsparse twin;
 - ``files.py``: safetensors read and write, the machine's fingerprint;
 - ``compare.py``: the tensor-by-tensor comparison and its [`Report`][refsparse.vectors.Report].
@@ -57,7 +57,7 @@ from __future__ import annotations
 from . import lm, recipes  # noqa: F401  (register the ops)
 from .compare import Report, TensorResult, compare, default_tolerances, ulp_distance
 from .files import fingerprint, load, save, write
-from .lm import check_lm
+from .lm import check_lm, default_lm_rtol, shifted_targets
 from .record import (
     CONVENTIONS,
     DEFAULT_SIZES,
@@ -72,6 +72,6 @@ from .record import (
 
 __all__ = [
     "CONVENTIONS", "DEFAULT_SIZES", "FORMAT", "OpInfo", "Recorder", "Report", "TensorResult",
-    "check_lm", "compare", "default_tolerances", "export", "fingerprint", "load", "op_names", "ops",
-    "recompute", "save", "ulp_distance", "write",
+    "check_lm", "compare", "default_lm_rtol", "default_tolerances", "export", "fingerprint", "load",
+    "op_names", "ops", "recompute", "save", "shifted_targets", "ulp_distance", "write",
 ]

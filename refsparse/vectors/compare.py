@@ -26,7 +26,8 @@ What is measured, for each tensor present in the reference (``r``) and the candi
 
 A NaN or an infinity equals only itself, whatever the tolerances. A tensor missing from
 the candidate, or of another shape or dtype, fails with a status line saying so; a tensor
-only in the candidate is listed as ``extra`` and does not fail the comparison. Nothing here raises on a mismatch — only on a file that cannot be read.
+only in the candidate is listed as ``extra`` and does not fail the comparison. Nothing here
+raises on a mismatch — only on a file that cannot be read, or when nothing would be compared.
 """
 
 from __future__ import annotations

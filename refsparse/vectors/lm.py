@@ -1,6 +1,6 @@
 """Language models end to end: a PyTorch LM against its refsparse twin, and loss-level vectors.
 
-[`check_lm`][refsparse.vectors.lm.check_lm] runs one training step's forward and backward on
+[`check_lm`][refsparse.vectors.check_lm] runs one training step's forward and backward on
 both sides — logits, the shifted float64 cross-entropy (``ignore_index``, label smoothing),
 every parameter gradient — and returns a [`Report`][refsparse.vectors.Report] naming each
 tensor by the PyTorch model's own names::
@@ -73,7 +73,7 @@ def check_lm(torch_model, ids, labels=None, *, attention_mask=None, position_ids
     ----------
     torch_model : torch.nn.Module
         A transformers ``GPT2LMHeadModel`` (its twin is built with
-        [`from_hf`][refsparse.interop.hf.from_hf]), or any causal LM whose call
+        ``refsparse.interop.hf.from_hf``), or any causal LM whose call
         ``torch_model(ids)`` returns logits (B, T, V) (or an object with ``.logits``); then
         give ``twin`` and ``name_map``. It runs in ``eval()`` mode (no dropout); its
         training flag and gradients are restored/cleared afterwards.
@@ -83,7 +83,7 @@ def check_lm(torch_model, ids, labels=None, *, attention_mask=None, position_ids
     attention_mask : 0/1 array (B, T), optional
         Hugging Face's convention, 1 = a real token (refsparse's ``key_padding_mask`` is its
         negation, True = padding). Padded positions are left out of the logits compared and
-        of the loss (see [`shifted_targets`][refsparse.vectors.lm.shifted_targets]).
+        of the loss (see [`shifted_targets`][refsparse.vectors.shifted_targets]).
     position_ids : int array (B, T), optional
         Given to both models (default 0 .. T-1).
     twin : refsparse.models.DecoderLM, optional
@@ -92,7 +92,7 @@ def check_lm(torch_model, ids, labels=None, *, attention_mask=None, position_ids
         How each torch parameter is made of the twin's (default: GPT-2's).
     ignore_index, label_smoothing : as ``torch.nn.functional.cross_entropy``
     rtol : float, optional
-        Relative tolerance (default [`default_lm_rtol`][refsparse.vectors.lm.default_lm_rtol]).
+        Relative tolerance (default [`default_lm_rtol`][refsparse.vectors.default_lm_rtol]).
         Each tensor passes when ``|c − r| <= rtol·max|r|`` entry-wise (max over the tensor); a
         gradient that is zero in exact arithmetic (the key projection's bias: softmax ignores a
         shift shared by a row) is held to the absolute floor ``rtol·max`` over all gradients.
@@ -306,7 +306,8 @@ def _gpt2_recipe(ctx):
             out = {"param." + n: g for n, g in grads.items()}
         steps = int(ctx.opt("steps"))
         if steps:  # the first N AdamW steps on this one batch: loss before each update
-            opt = AdamW(model.parameters(), lr=float(ctx.opt("lr")), weight_decay=float(ctx.opt("weight_decay")))
+            opt = AdamW(model.parameters(), lr=float(ctx.opt("lr")),
+                        weight_decay=float(ctx.opt("weight_decay")))
             losses = []
             for k in range(steps):
                 if k:
