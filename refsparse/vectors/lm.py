@@ -22,6 +22,7 @@ import json
 
 import numpy as np
 
+from . import recipes  # noqa: F401  (the ops first: the presets come after them in the list)
 from .compare import Report, compare
 from .record import register
 
