@@ -84,3 +84,40 @@ def check_dtype_name(name, dtype):
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"{name}: expected 'float32' or 'float64', got {dtype!r}")
     return dt
+
+
+def check_positive_int(name, value):
+    """Return ``value`` as an int >= 1, or raise ValueError naming ``name`` (a bool is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_rng(rng, *, default_seed=0):
+    """The ``numpy.random.Generator`` a module draws from: ``rng``, or a fresh one seeded
+    ``default_seed`` when ``rng`` is None (refsparse has no global random state)."""
+    if rng is None:
+        return np.random.default_rng(default_seed)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def check_features(name, x, width, like, *, ndim=None):
+    """``x``: a float array (…, width) — exactly ``ndim`` dimensions when given — of the dtype
+    of the parameter ``like`` (the parameters' dtype decides: no silent upcasting)."""
+    if ndim is None:
+        check_float(name, x, min_ndim=1)
+    else:
+        check_float(name, x, ndim=ndim)
+    if x.shape[-1] != width:
+        raise ValueError(f"{name}: expected last dimension {width}, got shape {x.shape}")
+    check_same_dtype(weight=like, **{name: x})
+
+
+def check_positions(name, positions, batch, length, max_len):
+    """Position ids: int (B, T) or (T,), each in [0, max_len); returned as a (B, T) array."""
+    check_int(name, positions, low=0, high=max_len)
+    if positions.shape not in ((batch, length), (length,)):
+        raise ValueError(f"{name}: expected shape ({batch}, {length}) or ({length},), got {positions.shape}")
+    return np.ascontiguousarray(np.broadcast_to(positions, (batch, length)), dtype=np.int64)

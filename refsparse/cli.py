@@ -557,9 +557,242 @@ def build_parser():
                     "[sweep] out_dir, or ./sweeps)")
     sw.add_argument("--dry-run", action="store_true", help="check the file and list its trials; run nothing")
     sw.set_defaults(func=_cmd_sweep)
-    from . import vectors  # the one line this needs besides the call
-    vectors.add_subparser(sub)
+    _add_vectors_parser(sub)
+    _add_validate_parser(sub)
     return p
+
+
+# ----------------------------------------------------------------------------------------
+# refsparse vectors export | list | show | check   (golden vectors, refsparse.vectors)
+
+
+def _parse_vectors_option(text):
+    if "=" not in text:
+        raise ValueError(f"--option: expected KEY=VALUE, got {text!r}")
+    key, value = (s.strip() for s in text.split("=", 1))
+    low = value.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    if low in ("none", "null"):
+        return key, None
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def _cmd_vectors_export(args):
+    from .vectors import DEFAULT_SIZES, write
+
+    options = dict(_parse_vectors_option(o) for o in args.option or [])
+    if args.pattern is not None:
+        options["pattern"] = args.pattern
+    sizes = {k: getattr(args, k) for k in DEFAULT_SIZES if getattr(args, k, None) is not None}
+    tensors, meta = write(args.output, args.op, dtype=args.dtype, seed=args.seed, options=options, **sizes)
+    n_bytes = sum(t.nbytes for t in tensors.values())
+    print(f"wrote {args.output}: {meta['op']}, {meta['dtype']}, seed {meta['seed']}, "
+          f"{len(tensors)} tensors, {n_bytes:,} bytes")
+    return 0
+
+
+def _cmd_vectors_list(args):
+    from .vectors import DEFAULT_SIZES, ops
+
+    rows = []
+    for info in ops():
+        options = ", ".join(f"{k}={v}" for k, v in info.defaults.items())
+        rows.append((info.name, info.kind, info.summary + (f"  [options: {options}]" if options else "")))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    for name, kind, text in rows:
+        print(f"{name.ljust(w0)}  {kind.ljust(w1)}  {text}")
+    flags = ", ".join("--" + k.replace("_", "-") + f" {v}" for k, v in DEFAULT_SIZES.items())
+    print(f"\nsizes (defaults): {flags}")
+    return 0
+
+
+def _cmd_vectors_show(args):
+    from .vectors import load
+
+    tensors, meta = load(args.file, what="file")
+    for key in sorted(meta):
+        print(f"{key}: {meta[key]}")
+    print()
+    for name in sorted(tensors):
+        t = tensors[name]
+        print(f"{name}  {tuple(t.shape)}  {t.dtype}")
+    return 0
+
+
+def _cmd_vectors_check(args):
+    from .vectors import compare, load
+
+    ref, _ = load(args.reference, what="reference")
+    cand, _ = load(args.candidate, what="candidate")
+    report = compare(ref, cand, rtol=args.rtol, atol=args.atol, max_ulp=args.max_ulp, only=args.only)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+def _vectors_nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def _vectors_nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}")
+    return v
+
+
+def _add_vectors_parser(subparsers):
+    """``refsparse vectors export | list | show | check`` (refsparse.vectors)."""
+    v = subparsers.add_parser(
+        "vectors", help="export golden vectors (safetensors) and check another implementation against them",
+        description="Golden vectors: inputs, parameters, outputs and every gradient of an op, layer or "
+                    "model, in float64, as safetensors; and a checker that compares a candidate file "
+                    "with a reference tensor by tensor (docs/validating.md).")
+    vs = v.add_subparsers(dest="vectors_command", metavar="ACTION")
+
+    e = vs.add_parser("export", help="write one op's golden vectors to a safetensors file",
+                      description="Write one op's inputs, parameters, upstream gradient, output and "
+                                  "gradients to a safetensors file. `refsparse vectors list` shows the ops.")
+    e.add_argument("op", metavar="OP", help="an op name, e.g. layernorm, sparse_attention.local, "
+                                            "nn.EncoderLayer, model.DecoderLM")
+    e.add_argument("-o", "--output", required=True, metavar="FILE.safetensors", help="where to write")
+    e.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                   help="precision (default float64, the reference)")
+    e.add_argument("--seed", type=_vectors_nonneg_int, default=0,
+                   help="seed of every random draw (default 0)")
+    from .vectors import DEFAULT_SIZES
+
+    for key, default in DEFAULT_SIZES.items():
+        e.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, metavar="N",
+                       help=f"size {key} (default {default})")
+    e.add_argument("--pattern", metavar="SPEC", help="attention pattern spec for sparse_attention and the "
+                   "layers and models, e.g. strided:stride=8 (see `refsparse patterns --help`)")
+    e.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="an op option, e.g. --option eps=1e-6 (repeatable; see `vectors list`)")
+    e.set_defaults(func=_cmd_vectors_export)
+
+    ls = vs.add_parser("list", help="list the ops that can be exported, with their options")
+    ls.set_defaults(func=_cmd_vectors_list)
+
+    sh = vs.add_parser("show", help="print a vectors file's metadata and tensor names")
+    sh.add_argument("file", metavar="FILE.safetensors")
+    sh.set_defaults(func=_cmd_vectors_show)
+
+    c = vs.add_parser("check", help="compare a candidate file with a reference, tensor by tensor",
+                      description="Compare CANDIDATE with REFERENCE tensor by tensor by name; print a "
+                                  "table (max abs / rel error, max ULP distance, pass/fail). Exit status "
+                                  "0 when every tensor passes, 1 when one fails, 2 on bad input.")
+    c.add_argument("reference", metavar="REFERENCE", help="the reference safetensors file")
+    c.add_argument("candidate", metavar="CANDIDATE", help="the candidate safetensors file")
+    c.add_argument("--rtol", type=_vectors_nonneg_float, default=None,
+                   help="relative tolerance (default per dtype: float64 1e-7, float32 1.3e-6)")
+    c.add_argument("--atol", type=_vectors_nonneg_float, default=None,
+                   help="absolute tolerance (default per dtype: float64 1e-7, float32 1e-5)")
+    c.add_argument("--max-ulp", dest="max_ulp", type=_vectors_nonneg_int, default=None,
+                   help="also require every entry within N ULPs (0 = bit for bit)")
+    c.add_argument("--only", action="append", metavar="GLOB",
+                   help="compare only the reference tensors matching this glob, e.g. 'grad.*' (repeatable)")
+    c.set_defaults(func=_cmd_vectors_check)
+
+    def _help(args):
+        v.print_help()
+        return 0
+
+    v.set_defaults(func=_help)
+    return v
+
+
+# ----------------------------------------------------------------------------------------
+# refsparse validate hf DIR   (a saved Hugging Face GPT-2 against refsparse)
+
+
+def _cmd_validate_hf(args):
+    import numpy as np
+
+    from .interop.hf import from_hf
+    from .vectors.lm import check_lm
+
+    twin = from_hf(args.directory, dtype=args.dtype)
+    try:
+        import torch
+        from transformers import GPT2LMHeadModel
+    except ImportError as e:
+        raise ImportError(f"validate hf: needs torch and transformers ({e}): "
+                          "pip install transformers") from None
+    hf = GPT2LMHeadModel.from_pretrained(args.directory, local_files_only=True)
+    hf = hf.to(getattr(torch, args.dtype))
+    c = twin.config
+    T = min(args.seq_len, c.max_len)
+    rng = np.random.default_rng(args.seed)
+    ids = rng.integers(0, c.vocab_size, (args.batch, T))
+    mask = None
+    if args.pad != "none" and T > 2:  # pad the last row: its first (left) or last (right) third
+        mask = np.ones((args.batch, T), dtype=np.int64)
+        n = max(1, T // 3)
+        if args.pad == "left":
+            mask[-1, :n] = 0
+        else:
+            mask[-1, T - n:] = 0
+    report = check_lm(hf, ids, attention_mask=mask, twin=twin, rtol=args.rtol)
+    print(f"{args.directory}: GPT-2, {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads, vocab "
+          f"{c.vocab_size}, {args.dtype}; ids ({args.batch}, {T}) from seed {args.seed}"
+          + ("" if mask is None else f", {args.pad}-padded last row"))
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+def _add_validate_parser(subparsers):
+    """``refsparse validate hf DIR`` (refsparse.vectors.lm.check_lm)."""
+    va = subparsers.add_parser(
+        "validate", help="check a real model against refsparse (logits, loss, every gradient)",
+        description="Run one forward and backward of a saved model and of its refsparse twin on the "
+                    "same ids, and compare the logits, the float64 loss and every gradient tensor by "
+                    "tensor (docs/validating.md). Exit status 0 when all pass, 1 on a mismatch, 2 on "
+                    "bad input.")
+    vs = va.add_subparsers(dest="validate_command", metavar="KIND")
+    h = vs.add_parser("hf", help="a Hugging Face GPT-2 saved with save_pretrained (config.json + "
+                                 "model.safetensors); needs torch and transformers")
+    h.add_argument("directory", metavar="DIR", help="the model directory (nothing is downloaded)")
+    h.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                   help="run both models in this precision (default float64, the reference)")
+    h.add_argument("--batch", type=_vectors_positive_int, default=2, help="batch size (default 2)")
+    h.add_argument("--seq-len", dest="seq_len", type=_vectors_positive_int, default=16,
+                   help="sequence length, at most n_positions (default 16)")
+    h.add_argument("--seed", type=_vectors_nonneg_int, default=0, help="seed of the random ids (default 0)")
+    h.add_argument("--pad", choices=["none", "left", "right"], default="left",
+                   help="pad the last row of the batch (default left), to check the attention mask")
+    h.add_argument("--rtol", type=_vectors_nonneg_float, default=None,
+                   help="relative tolerance per tensor (default float64 1e-10, float32 1e-4)")
+    h.set_defaults(func=_cmd_validate_hf)
+
+    def _help(args):
+        va.print_help()
+        return 0
+
+    va.set_defaults(func=_help)
+    return va
+
+
+def _vectors_positive_int(text):
+    v = _vectors_nonneg_int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}")
+    return v
 
 
 def _one_blas_thread_by_default():

@@ -14,7 +14,15 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from . import functional as F
-from ._checks import check_bool, check_dtype_name, check_float, check_int, check_shape
+from ._checks import (
+    check_bool,
+    check_dtype_name,
+    check_features,
+    check_int,
+    check_positions,
+    check_rng,
+    check_shape,
+)
 from .nn import (
     DecoderLayer,
     Dropout,
@@ -26,10 +34,10 @@ from .nn import (
     Module,
     ModuleList,
     SinusoidalPositionalEncoding,
+    ready_pattern,
 )
-from .nn.layers import _default_rng
 
-__all__ = ["TransformerConfig", "Transformer", "DecoderLMConfig", "DecoderLM"]
+__all__ = ["TransformerConfig", "Transformer", "DecoderLMConfig", "DecoderLM", "OutputHead"]
 
 
 def _check_config(cfg):
@@ -87,11 +95,17 @@ def _attention_specs(cfg, n_layers):
 
 
 class _Patterns:
-    """Builds (and caches, per sequence length) each layer's attention pattern from its spec."""
+    """Each layer's attention pattern, built from its spec once per sequence length.
 
-    def __init__(self, specs, causal):
+    Parsed, made causal (for a decoder) and prepared for the kernels here, once: the
+    attention modules take the [`ReadyPattern`][refsparse.nn.ReadyPattern] as it is
+    and only remove padded keys.
+    """
+
+    def __init__(self, specs, causal, n_heads):
         self.specs = specs
         self.causal = causal
+        self.n_heads = n_heads
         self._cache = {}
 
     def __call__(self, layer, t):
@@ -102,8 +116,7 @@ class _Patterns:
         if key not in self._cache:
             from . import patterns as P
 
-            p = P.parse(spec, t)
-            self._cache[key] = P.causal_only(p) if self.causal else p
+            self._cache[key] = ready_pattern(P.parse(spec, t), self.n_heads, t, t, causal=self.causal)
         return self._cache[key]
 
 
@@ -132,8 +145,11 @@ def _positional(kind, max_len, d_model, rng, dtype):
     return LearnedPositionalEmbedding(max_len, d_model, rng=rng, dtype=dtype)
 
 
-class _OutputHead(Module):
-    """logits = h @ W.T (+ b); W is the head's own weight, or the tied embedding's."""
+class OutputHead(Module):
+    """logits = h @ W.T (+ b); W is the head's own weight, or the tied embedding's.
+
+    Public so that pruning can recognise the output head (refsparse.prune.sparsify).
+    """
 
     def __init__(self, d_model, vocab_size, tied_to=None, *, rng, dtype):
         super().__init__()
@@ -143,9 +159,10 @@ class _OutputHead(Module):
             self.proj = Linear(d_model, vocab_size, bias=False, rng=rng, dtype=dtype)
         self._cache = None
 
-    def forward(self, h):
+    def compute(self, h):
+        """h (…, C) -> logits (…, V); h is checked by the model."""
         if self._tied is None:
-            return self.proj.forward(h)
+            return self.proj.compute(h)
         logits, self._cache = F.linear_forward(h, self._tied.weight.value)
         return logits
 
@@ -217,7 +234,7 @@ class Transformer(Module):
     def __init__(self, config: TransformerConfig, *, rng=None):
         super().__init__()
         _check_config(config)
-        rng = _default_rng(rng)
+        rng = check_rng(rng)
         c = config
         dtype = check_dtype_name("dtype", c.dtype)
         self.config = c
@@ -242,9 +259,9 @@ class Transformer(Module):
         )
         self.decoder_norm = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype)
         n = max(c.n_encoder_layers, c.n_decoder_layers)
-        object.__setattr__(self, "_enc_patterns", _Patterns(_attention_specs(c, n), causal=False))
-        object.__setattr__(self, "_dec_patterns", _Patterns(_attention_specs(c, n), causal=True))
-        self.head = _OutputHead(c.d_model, c.tgt_vocab_size,
+        object.__setattr__(self, "_enc_patterns", _Patterns(_attention_specs(c, n), False, c.n_heads))
+        object.__setattr__(self, "_dec_patterns", _Patterns(_attention_specs(c, n), True, c.n_heads))
+        self.head = OutputHead(c.d_model, c.tgt_vocab_size,
                                 self.tgt_embed if c.tie_embeddings else None, rng=rng, dtype=dtype)
         self._masks = None
 
@@ -260,17 +277,17 @@ class Transformer(Module):
         _check_padding_mask("src_key_padding_mask", src_key_padding_mask, src)
         kpm = self._padding(src, src_key_padding_mask)
         x = self.src_embed.forward(src) * self.embed_scale  # (B, S, C)
-        x = self.src_dropout.forward(self.src_pos.forward(x))
+        x = self.src_dropout.forward(self.src_pos.compute(x))
         for i, layer in enumerate(self.encoder):
-            x = layer.forward(x, key_padding_mask=kpm, pattern=self._enc_patterns(i, x.shape[1]))
-        return self.encoder_norm.forward(x)
+            x = layer.compute(x, key_padding_mask=kpm, pattern=self._enc_patterns(i, x.shape[1]))
+        return self.encoder_norm.compute(x)
 
     def decode(self, tgt, memory, src_key_padding_mask=None, tgt_key_padding_mask=None):
         """tgt (B, T) ids and memory (B, S, C) -> logits (B, T, V)."""
         check_int("tgt", tgt, ndim=2, low=0, high=self.config.tgt_vocab_size)
         _check_length("tgt", tgt, self.config.max_len)
         _check_padding_mask("tgt_key_padding_mask", tgt_key_padding_mask, tgt)
-        check_float("memory", memory, ndim=3)
+        check_features("memory", memory, self.config.d_model, self.decoder_norm.weight.value, ndim=3)
         if memory.shape[0] != tgt.shape[0] or memory.shape[2] != self.config.d_model:
             raise ValueError(f"memory: expected shape ({tgt.shape[0]}, *, {self.config.d_model}) "
                              f"(the batch of tgt), got {memory.shape}")
@@ -279,12 +296,12 @@ class Transformer(Module):
             check_shape("src_key_padding_mask", src_key_padding_mask, memory.shape[:2])
         kpm = self._padding(tgt, tgt_key_padding_mask)
         y = self.tgt_embed.forward(tgt) * self.embed_scale  # (B, T, C)
-        y = self.tgt_dropout.forward(self.tgt_pos.forward(y))
+        y = self.tgt_dropout.forward(self.tgt_pos.compute(y))
         for i, layer in enumerate(self.decoder):
-            y = layer.forward(y, memory, causal=True, tgt_key_padding_mask=kpm,
+            y = layer.compute(y, memory, causal=True, tgt_key_padding_mask=kpm,
                               memory_key_padding_mask=src_key_padding_mask,
                               tgt_pattern=self._dec_patterns(i, y.shape[1]))
-        return self.head.forward(self.decoder_norm.forward(y))
+        return self.head.compute(self.decoder_norm.compute(y))
 
     def forward(self, src, tgt, src_key_padding_mask=None, tgt_key_padding_mask=None):
         """src (B, S) and tgt (B, T) ids -> logits (B, T, V): encode, then decode."""
@@ -370,7 +387,7 @@ class DecoderLM(Module):
     def __init__(self, config: DecoderLMConfig, *, rng=None):
         super().__init__()
         _check_config(config)
-        rng = _default_rng(rng)
+        rng = check_rng(rng)
         c = config
         dtype = check_dtype_name("dtype", c.dtype)
         self.config = c
@@ -384,22 +401,40 @@ class DecoderLM(Module):
             for _ in range(c.n_layers)
         )
         self.norm_f = LayerNorm(c.d_model, c.layer_norm_eps, dtype=dtype)
-        object.__setattr__(self, "_patterns", _Patterns(_attention_specs(c, c.n_layers), causal=True))
-        self.head = _OutputHead(c.d_model, c.vocab_size, self.tok_embed if c.tie_embeddings else None,
+        object.__setattr__(self, "_patterns", _Patterns(_attention_specs(c, c.n_layers), True, c.n_heads))
+        self.head = OutputHead(c.d_model, c.vocab_size, self.tok_embed if c.tie_embeddings else None,
                                 rng=rng, dtype=dtype)
 
-    def forward(self, ids):
-        """ids (B, T) -> logits (B, T, V); position t predicts token t + 1."""
+    def forward(self, ids, key_padding_mask=None, position_ids=None):
+        """ids (B, T) -> logits (B, T, V); position t predicts token t + 1.
+
+        Parameters
+        ----------
+        ids : int array (B, T), T <= max_len
+        key_padding_mask : bool array (B, T), optional
+            True where the token is *padding* (torch's ``key_padding_mask``; the opposite of
+            Hugging Face's ``attention_mask``, where 1 = a real token): no query attends to a
+            padded key. Padding may sit on the left or the right. A query left with no key to
+            attend to (a left-padded row's padding) gets a zero attention output, never NaN;
+            give its targets ``ignore_index`` so that the loss ignores its logits.
+        position_ids : int array (B, T) or (T,), optional
+            The position of each token, in [0, max_len); default 0 .. T-1 for every row.
+            Left-padded rows usually start their real tokens at position 0.
+        """
         check_int("ids", ids, ndim=2, low=0, high=self.config.vocab_size)
         if ids.shape[1] > self.config.max_len:
             raise ValueError(f"ids: expected at most max_len={self.config.max_len} positions, "
                              f"got shape {ids.shape}")
+        _check_padding_mask("key_padding_mask", key_padding_mask, ids)
+        if position_ids is not None:
+            check_positions("position_ids", position_ids, ids.shape[0], ids.shape[1], self.config.max_len)
         x = self.tok_embed.forward(ids)  # (B, T, C)
-        x = self.dropout.forward(self.pos_embed.forward(x))
+        x = self.dropout.forward(self.pos_embed.compute(x, position_ids))
         for i, block in enumerate(self.blocks):
             # pattern None: dense causal attention; else the sparse kernels on its entries
-            x = block.forward(x, causal=True, pattern=self._patterns(i, x.shape[1]))
-        return self.head.forward(self.norm_f.forward(x))  # (B, T, V)
+            x = block.compute(x, causal=True, key_padding_mask=key_padding_mask,
+                              pattern=self._patterns(i, x.shape[1]))
+        return self.head.compute(self.norm_f.compute(x))  # (B, T, V)
 
     def backward(self, dlogits):
         """Accumulate every parameter's gradient; the ids have none, so returns None."""
@@ -410,9 +445,14 @@ class DecoderLM(Module):
         self.tok_embed.backward(dx)
         return None
 
-    def forward_backward(self, ids, targets, *, ignore_index=-100, label_smoothing=0.0):
-        """Logits, mean cross-entropy against ``targets`` (B, T), backward; returns the loss."""
-        logits = self.forward(ids)
+    def forward_backward(self, ids, targets, *, ignore_index=-100, label_smoothing=0.0,
+                         key_padding_mask=None, position_ids=None):
+        """Logits, mean cross-entropy against ``targets`` (B, T), backward; returns the loss.
+
+        ``targets[b, t]`` is the token that position t should predict (ids shifted by one);
+        positions whose target is ``ignore_index`` (padding) do not count.
+        """
+        logits = self.forward(ids, key_padding_mask, position_ids)
         loss, cache = F.cross_entropy_forward(logits, targets, ignore_index=ignore_index,
                                               label_smoothing=label_smoothing)
         self.backward(F.cross_entropy_backward(1.0, cache))

@@ -18,8 +18,6 @@ import json
 import os
 import sys
 
-from safetensors.numpy import save_file
-
 from refsparse import vectors
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "golden")
@@ -46,7 +44,7 @@ def main(out_dir=GOLDEN_DIR):
         tensors, meta = vectors.export(op, dtype="float64", seed=0, **kwargs)
         meta["golden_fingerprint"] = fp
         path = os.path.join(out_dir, name + ".safetensors")
-        save_file(tensors, path, metadata=meta)
+        vectors.save(path, tensors, meta)  # whole or not at all
         size = os.path.getsize(path)
         total += size
         print(f"{path}: {op}, {len(tensors)} tensors, {size:,} bytes")

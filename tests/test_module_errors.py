@@ -97,7 +97,7 @@ BLOCKS = {  # modules without a cache of their own: the first sub-module's backw
     "EncoderLayer-norm_first": (lambda: nn.EncoderLayer(C, H, FF, norm_first=True), (B, T, C), "Dropout"),
     "DecoderLayer": (lambda: nn.DecoderLayer(C, H, FF), (B, T, C), "LayerNorm"),
     "DecoderLayer-norm_first": (lambda: nn.DecoderLayer(C, H, FF, norm_first=True), (B, T, C), "Dropout"),
-    "DecoderLM-tied": (lambda: _lm(tie_embeddings=True), (B, T, V), "_OutputHead"),
+    "DecoderLM-tied": (lambda: _lm(tie_embeddings=True), (B, T, V), "OutputHead"),
     "DecoderLM-untied": (lambda: _lm(tie_embeddings=False), (B, T, V), "Linear"),
 }
 

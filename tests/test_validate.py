@@ -14,6 +14,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -27,7 +28,10 @@ from refsparse.validate import Report, compare, default_tolerances, load, ulp_di
 
 OPS = vectors.op_names()
 # inputs that are not differentiable: ids, targets, masks, dropout's mask, CSR arrays
-NON_DIFF = ("input.ids", "input.src", "input.tgt", "input.targets", "input.mask", "input.keep")
+NON_DIFF = ("input.ids", "input.src", "input.tgt", "input.targets", "input.labels", "input.mask",
+            "input.keep")
+# results besides the output and the gradients (the loss-level presets: logits, AdamW losses)
+EXTRA_OUTPUTS = ("logits", "steps.loss")
 
 
 def _is_index(name):
@@ -53,8 +57,7 @@ def test_the_op_list_covers_the_issue():
                                                   "random", "bigbird", "block_sparse")]
     missing = [op for op in needed if op not in OPS]
     assert not missing, missing
-    if vectors._sparse_linear_available():
-        assert "sparse_linear" in OPS and "nn.SparseLinear" in OPS
+    assert "sparse_linear" in OPS and "nn.SparseLinear" in OPS
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -77,7 +80,8 @@ def test_export_check_against_itself(op, exported, tmp_path):
     assert "output" in tensors and "grad_output" in tensors
     assert tensors["grad_output"].shape == tensors["output"].shape
     for name, t in tensors.items():
-        assert name.startswith(("input.", "param.", "grad.")) or name in ("output", "grad_output"), name
+        known = name.startswith(("input.", "param.", "grad.")) or name in ("output", "grad_output")
+        assert known or name in EXTRA_OUTPUTS, name
         assert t.flags.c_contiguous
         if _is_index(name):
             assert t.dtype == np.int64, name
@@ -91,7 +95,8 @@ def test_export_check_against_itself(op, exported, tmp_path):
             assert np.all(np.isfinite(t)), name
     assert json.loads(meta["shapes"]) == {k: [list(v.shape), str(v.dtype)] for k, v in tensors.items()}
     conventions = json.loads(meta["conventions"])
-    assert "gradients" in conventions
+    info = {i.name: i for i in vectors.ops()}[op]
+    assert ("loss_gradients" if info.loss else "gradients") in conventions
     if any(n.startswith("input.pattern") for n in tensors):
         assert "pattern" in conventions and meta["pattern"]
 
@@ -180,7 +185,6 @@ def test_sparse_attention_vectors_equal_dense_attention_with_the_pattern(op, exp
         assert r.ok, f"{op}\n{r}"
 
 
-@pytest.mark.skipif(not vectors._sparse_linear_available(), reason="SparseLinear not available")
 @pytest.mark.parametrize("op", ["sparse_linear", "nn.SparseLinear"])
 def test_sparse_weight_vectors_equal_the_dense_twin(op, exported):
     t, _ = exported[op]
@@ -439,11 +443,96 @@ def test_cli_list_show_and_options(tmp_path, capsys):
     assert main(["vectors"]) == 0  # no action: help
 
 
-def test_without_sparse_linear_its_ops_are_hidden_not_broken(monkeypatch):
-    """While refsparse/nn/sparse.py or functional/sparse_linear.py do not import, the two
-    SparseLinear ops are left out of the list and refused with a clear message."""
-    monkeypatch.setattr(vectors, "_SPARSE_LINEAR", {"ok": False, "why": "ImportError: not yet"})
-    assert "sparse_linear" not in vectors.op_names() and "nn.SparseLinear" not in vectors.op_names()
-    assert "layernorm" in vectors.op_names()
-    with pytest.raises(ValueError, match="SparseLinear, which does not import here"):
-        vectors.export("nn.SparseLinear")
+# ----------------------------------------------------------------------------------------
+# bad inputs of `refsparse vectors` (issue 24's table): one line naming what is wrong, no traceback
+
+
+def test_cli_export_to_a_directory_names_the_path(tmp_path, capsys):
+    code = main(["vectors", "export", "layernorm", "-o", str(tmp_path)])
+    cap = capsys.readouterr()
+    assert code == 2
+    _no_traceback(cap)
+    assert len(cap.err.strip().splitlines()) == 1
+    assert str(tmp_path) in cap.err and "is a directory" in cap.err
+
+
+@pytest.mark.parametrize("error", ["full", "read-only"])
+def test_cli_export_to_a_full_or_read_only_file_system_names_the_path(tmp_path, capsys, monkeypatch, error):
+    """The write fails inside safetensors (injected: root ignores a read-only directory's
+    mode here): one line naming the path and the OS error, and nothing left behind."""
+    import errno
+
+    import safetensors.numpy
+
+    def failing_save_file(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:  # half a file, then the OS refuses
+            f.write(b"\0" * 16)
+        code = errno.ENOSPC if error == "full" else errno.EROFS
+        raise OSError(code, os.strerror(code), filename)
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", failing_save_file)
+    out = tmp_path / "ref.safetensors"
+    code = main(["vectors", "export", "layernorm", "-o", str(out)])
+    cap = capsys.readouterr()
+    assert code == 2
+    _no_traceback(cap)
+    assert len(cap.err.strip().splitlines()) == 1
+    assert str(out) in cap.err
+    assert ("No space left on device" if error == "full" else "Read-only file system") in cap.err
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+
+
+def test_cli_export_too_large_is_refused_up_front(tmp_path, capsys):
+    import time
+
+    start = time.monotonic()
+    code = main(["vectors", "export", "layernorm", "--B", "100000", "--T", "100000",
+                 "-o", str(tmp_path / "x.safetensors")])
+    elapsed = time.monotonic() - start
+    cap = capsys.readouterr()
+    assert code == 2
+    _no_traceback(cap)
+    assert len(cap.err.strip().splitlines()) == 1
+    # 3 × B·T·d_model float64 = 3 · 1e10 · 16 · 8 bytes ≈ 3576 GiB, computed here independently
+    need = 3 * 100000 * 100000 * 16 * 8 / 2**30
+    assert f"{need:,.1f} GiB" in cap.err and "B=100000, T=100000" in cap.err
+    assert elapsed < 30  # refused before any drawing (a MemoryError would take minutes)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_memory_counts_the_op_s_largest_tensor():
+    from refsparse.vectors.record import REGISTRY, check_memory
+
+    sizes = dict(vectors.DEFAULT_SIZES, vocab=10**6, B=100, T=100)
+    check_memory(REGISTRY["layernorm"], sizes, "float64", available=2**30)  # layernorm has no vocab
+    with pytest.raises(ValueError, match="cross_entropy at B=100, T=100, vocab=1000000 would need"):
+        check_memory(REGISTRY["cross_entropy"], sizes, "float64", available=2**30)
+
+
+def test_cli_check_only_matching_nothing_is_an_error(ref_file, capsys):
+    code = main(["vectors", "check", str(ref_file), str(ref_file), "--only", "NOMATCH"])
+    cap = capsys.readouterr()
+    assert code == 2
+    _no_traceback(cap)
+    assert "only: no reference tensor matches NOMATCH: nothing to compare" in cap.err
+    with pytest.raises(ValueError, match="nothing to compare"):
+        compare({}, {})
+
+
+def test_cli_check_nan_fails_even_with_infinite_tolerances(ref_file, tmp_path, capsys):
+    tensors, meta = load(ref_file)
+    bad = dict(tensors)
+    out = bad["output"].copy()
+    out.reshape(-1)[3] = np.nan
+    bad["output"] = out
+    cand = tmp_path / "nan.safetensors"
+    save_file(bad, str(cand), metadata=meta)
+    code = main(["vectors", "check", str(ref_file), str(cand), "--rtol", "inf", "--atol", "inf"])
+    cap = capsys.readouterr()
+    assert code == 1
+    assert "output" in cap.out and "FAIL" in cap.out
+    # and an infinity equals only itself, as a NaN only a NaN
+    ref = {"x": np.array([1.0, np.inf, np.nan])}
+    assert compare(ref, {"x": np.array([1.0, np.inf, np.nan])}, rtol=np.inf, atol=np.inf).ok
+    assert not compare(ref, {"x": np.array([1.0, 5.0, np.nan])}, rtol=np.inf, atol=np.inf).ok
+    assert not compare(ref, {"x": np.array([np.nan, np.inf, np.nan])}, rtol=np.inf, atol=np.inf).ok

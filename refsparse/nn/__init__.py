@@ -1,6 +1,6 @@
 """Modules: own parameters and gradients, call the functional pairs, keep their caches."""
 
-from .attention import MultiHeadAttention, build_attention_mask
+from .attention import MultiHeadAttention, ReadyPattern, build_attention_mask, ready_pattern, with_key_padding
 from .layers import (
     Activation,
     Dropout,
@@ -17,6 +17,6 @@ from .transformer import DecoderLayer, EncoderLayer, FeedForward
 __all__ = [
     "Activation", "DecoderLayer", "Dropout", "Embedding", "EncoderLayer", "FeedForward",
     "LayerNorm", "LearnedPositionalEmbedding", "Linear", "Module", "ModuleList",
-    "MultiHeadAttention", "Parameter", "SinusoidalPositionalEncoding", "SparseLinear",
-    "build_attention_mask", "random_pattern",
+    "MultiHeadAttention", "Parameter", "ReadyPattern", "SinusoidalPositionalEncoding", "SparseLinear",
+    "build_attention_mask", "random_pattern", "ready_pattern", "with_key_padding",
 ]

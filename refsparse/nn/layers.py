@@ -9,24 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from .._checks import check_dtype_name, check_float, check_same_dtype
+from .._checks import (
+    check_dtype_name,
+    check_features,
+    check_positions,
+    check_positive_int,
+    check_rng,
+)
 from ..functional.dropout import check_probability
 from .module import Module, Parameter
-
-
-def _default_rng(rng):
-    """Modules draw their initial weights (and dropout masks) from ``rng``; seed 0 if none."""
-    if rng is None:
-        return np.random.default_rng(0)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
-    return rng
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
 
 
 class Linear(Module):
@@ -37,22 +28,22 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, *, rng=None, dtype="float64"):
         super().__init__()
-        in_features = _check_positive_int("in_features", in_features)
-        out_features = _check_positive_int("out_features", out_features)
+        in_features = check_positive_int("in_features", in_features)
+        out_features = check_positive_int("out_features", out_features)
         dtype = check_dtype_name("dtype", dtype)
-        rng = _default_rng(rng)
+        rng = check_rng(rng)
         bound = 1.0 / np.sqrt(in_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype))
         self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(dtype)) if bias else None
         self._cache = None
 
-    def forward(self, x):
+    def check_inputs(self, x):
+        """x: a float array (…, in_features) of the weight's dtype."""
+        check_features("x", x, self.in_features, self.weight.value)
+
+    def compute(self, x):
         """x (…, in_features) -> x @ W.T + b (…, out_features); keeps the cache."""
-        check_float("x", x, min_ndim=1)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"x: expected last dimension {self.in_features}, got shape {x.shape}")
-        check_same_dtype(weight=self.weight.value, x=x)  # the parameters' dtype decides
         b = None if self.bias is None else self.bias.value
         y, self._cache = F.linear_forward(x, self.weight.value, b)
         return y
@@ -78,10 +69,10 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings, dim, *, std=1.0, rng=None, dtype="float64"):
         super().__init__()
-        num_embeddings = _check_positive_int("num_embeddings", num_embeddings)
-        dim = _check_positive_int("dim", dim)
+        num_embeddings = check_positive_int("num_embeddings", num_embeddings)
+        dim = check_positive_int("dim", dim)
         dtype = check_dtype_name("dtype", dtype)
-        rng = _default_rng(rng)
+        rng = check_rng(rng)
         self.num_embeddings, self.dim = num_embeddings, dim
         self.weight = Parameter((std * rng.standard_normal((num_embeddings, dim))).astype(dtype))
         self._cache = None
@@ -100,57 +91,83 @@ class Embedding(Module):
         return f"Embedding({self.num_embeddings}, {self.dim})"
 
 
-def _check_positional_input(x, dim, **table):
-    """x must be (B, T, dim) with the table's dtype: errors name ``x``, not the table."""
-    check_float("x", x, ndim=3)
-    if x.shape[-1] != dim:
-        raise ValueError(f"x: expected last dimension {dim}, got shape {x.shape}")
-    check_same_dtype(**table, x=x)
-
-
 class SinusoidalPositionalEncoding(Module):
-    """Adds the fixed table of Vaswani et al. §3.5: ``y = x + PE[:T]`` (no parameters)."""
+    """Adds the fixed table of Vaswani et al. §3.5: ``y = x + PE[:T]`` (no parameters).
+
+    With ``positions`` (B, T) ids: ``y[b, t] = x[b, t] + PE[positions[b, t]]`` (left-padded
+    batches, whose real tokens start at position 0 after the padding).
+    """
 
     def __init__(self, max_len, dim, *, dtype="float64"):
         super().__init__()
-        self.max_len = _check_positive_int("max_len", max_len)
-        self.dim = _check_positive_int("dim", dim)
+        self.max_len = check_positive_int("max_len", max_len)
+        self.dim = check_positive_int("dim", dim)
         self.table = F.sinusoidal_encoding(self.max_len, self.dim, dtype=check_dtype_name("dtype", dtype))
         self._cache = None
 
-    def forward(self, x):
-        """x (B, T, dim) -> x + PE[:T]."""
-        _check_positional_input(x, self.dim, table=self.table)
-        y, self._cache = F.positional_forward(x, self.table)
-        return y
+    def check_inputs(self, x, positions=None):
+        """x (B, T, dim) of the table's dtype; positions int (B, T) or (T,) in [0, max_len)."""
+        check_features("x", x, self.dim, self.table, ndim=3)
+        if positions is not None:
+            check_positions("positions", positions, x.shape[0], x.shape[1], self.max_len)
+
+    def compute(self, x, positions=None):
+        """x (B, T, dim) -> x + PE[:T], or x + PE[positions]."""
+        if positions is None:
+            y, self._cache = F.positional_forward(x, self.table)
+            return y
+        positions = np.broadcast_to(positions, x.shape[:2])
+        self._cache = "positions"  # the table is fixed: backward needs nothing but the mark
+        return x + self.table[positions]  # (B, T, dim)
 
     def backward(self, dy):
         """dx = dy (the table is fixed)."""
-        dx, _ = F.positional_backward(dy, self._cache_or_raise())
+        cache = self._cache_or_raise()
+        if isinstance(cache, str):
+            return dy
+        dx, _ = F.positional_backward(dy, cache)
         return dx
 
 
 class LearnedPositionalEmbedding(Module):
-    """Adds a learned table: ``y = x + P[:T]``, P of shape (max_len, dim), P ~ N(0, std²)."""
+    """Adds a learned table: ``y = x + P[:T]``, P of shape (max_len, dim), P ~ N(0, std²).
+
+    With ``positions`` (B, T) ids: ``y[b, t] = x[b, t] + P[positions[b, t]]``, whose table
+    gradient is the embedding's scatter-add.
+    """
 
     def __init__(self, max_len, dim, *, std=0.02, rng=None, dtype="float64"):
         super().__init__()
-        self.max_len = _check_positive_int("max_len", max_len)
-        self.dim = _check_positive_int("dim", dim)
-        rng = _default_rng(rng)
+        self.max_len = check_positive_int("max_len", max_len)
+        self.dim = check_positive_int("dim", dim)
+        rng = check_rng(rng)
         dtype = check_dtype_name("dtype", dtype)
         self.weight = Parameter((std * rng.standard_normal((self.max_len, self.dim))).astype(dtype))
         self._cache = None
 
-    def forward(self, x):
-        """x (B, T, dim) -> x + P[:T]."""
-        _check_positional_input(x, self.dim, weight=self.weight.value)
-        y, self._cache = F.positional_forward(x, self.weight.value)
-        return y
+    def check_inputs(self, x, positions=None):
+        """x (B, T, dim) of the table's dtype; positions int (B, T) or (T,) in [0, max_len)."""
+        check_features("x", x, self.dim, self.weight.value, ndim=3)
+        if positions is not None:
+            check_positions("positions", positions, x.shape[0], x.shape[1], self.max_len)
+
+    def compute(self, x, positions=None):
+        """x (B, T, dim) -> x + P[:T], or x + P[positions]."""
+        if positions is None:
+            y, self._cache = F.positional_forward(x, self.weight.value)
+            return y
+        positions = np.ascontiguousarray(np.broadcast_to(positions, x.shape[:2]), dtype=np.int64)
+        rows, cache = F.embedding_forward(positions, self.weight.value)  # (B, T, dim)
+        self._cache = ("positions", cache)
+        return x + rows
 
     def backward(self, dy):
         """Accumulate the table's gradient into weight.grad; return dx = dy."""
-        dx, dtable = F.positional_backward(dy, self._cache_or_raise())
+        cache = self._cache_or_raise()
+        if isinstance(cache, tuple) and cache[0] == "positions":
+            self.weight.grad += F.embedding_backward(dy, cache[1])  # scatter-add at the positions
+            return dy
+        dx, dtable = F.positional_backward(dy, cache)
         self.weight.grad += dtable
         return dx
 
@@ -160,7 +177,7 @@ class LayerNorm(Module):
 
     def __init__(self, dim, eps=1e-5, *, dtype="float64"):
         super().__init__()
-        self.dim = _check_positive_int("dim", dim)
+        self.dim = check_positive_int("dim", dim)
         if not 0 < eps < np.inf:  # an infinite eps would make every output beta
             raise ValueError(f"eps: expected a positive finite number, got {eps!r}")
         self.eps = float(eps)
@@ -169,12 +186,12 @@ class LayerNorm(Module):
         self.bias = Parameter(np.zeros(self.dim, dtype=dtype))
         self._cache = None
 
-    def forward(self, x):
+    def check_inputs(self, x):
+        """x: a float array (…, dim) of the parameters' dtype."""
+        check_features("x", x, self.dim, self.weight.value)
+
+    def compute(self, x):
         """Normalise x (…, dim) over its last axis; keeps mean and rstd for backward."""
-        check_float("x", x, min_ndim=1)
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"x: expected last dimension {self.dim}, got shape {x.shape}")
-        check_same_dtype(weight=self.weight.value, x=x)  # the parameters' dtype decides
         y, self._cache = F.layernorm_forward(x, self.weight.value, self.bias.value, self.eps)
         return y
 
@@ -195,7 +212,7 @@ class Dropout(Module):
     def __init__(self, p=0.0, *, rng=None):
         super().__init__()
         self.p = check_probability("p", p)
-        self.rng = _default_rng(rng)
+        self.rng = check_rng(rng)
         self._cache = None
 
     def forward(self, x):

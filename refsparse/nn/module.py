@@ -97,9 +97,28 @@ class Module:
         object.__setattr__(self, name, value)
 
     # -- the contract ---------------------------------------------------------------
-    def forward(self, *inputs):
-        """Compute the output and keep what backward needs on the module."""
-        raise NotImplementedError
+    # forward = check_inputs + compute. ``forward`` is the public edge: it checks the inputs
+    # once, naming the argument. A module built from others checks its own inputs and then
+    # calls its children's ``compute``, so an input is checked once, not on every floor.
+    def forward(self, *inputs, **kwargs):
+        """Check the inputs (``check_inputs``), then ``compute`` the output."""
+        if type(self).compute is Module.compute:
+            raise NotImplementedError(f"{type(self).__name__} defines neither forward nor compute")
+        self.check_inputs(*inputs, **kwargs)
+        return self.compute(*inputs, **kwargs)
+
+    def check_inputs(self, *inputs, **kwargs):
+        """Raise TypeError/ValueError naming a bad input; the default checks nothing."""
+
+    def compute(self, *inputs, **kwargs):
+        """The output, keeping what backward needs on the module; inputs already checked.
+
+        A module that overrides only ``forward`` (an older or a user's module) is computed
+        by its ``forward``.
+        """
+        if type(self).forward is Module.forward:
+            raise NotImplementedError(f"{type(self).__name__} defines neither forward nor compute")
+        return self.forward(*inputs, **kwargs)
 
     def backward(self, dout):
         """Return the inputs' gradient and accumulate into each parameter's ``.grad``."""

@@ -20,9 +20,15 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-from .._checks import check_bool, check_dtype_name, check_float, check_same_dtype
+from .._checks import (
+    check_bool,
+    check_dtype_name,
+    check_features,
+    check_positive_int,
+    check_rng,
+)
 from ..functional.sparse_linear import sparse_linear_backward, sparse_linear_forward
-from .layers import Linear, _check_positive_int, _default_rng
+from .layers import Linear
 from .module import Module, Parameter
 
 __all__ = ["SparseLinear", "random_pattern"]
@@ -75,12 +81,12 @@ class SparseLinear(Module):
     def __init__(self, in_features, out_features, bias=True, *, density=None, weight=None,
                  rng=None, dtype=None):
         super().__init__()
-        in_features = _check_positive_int("in_features", in_features)
-        out_features = _check_positive_int("out_features", out_features)
+        in_features = check_positive_int("in_features", in_features)
+        out_features = check_positive_int("out_features", out_features)
         if (density is None) == (weight is None):
             raise ValueError("density, weight: expected exactly one of them, got "
                              f"{'both' if weight is not None else 'neither'}")
-        rng = _default_rng(rng)
+        rng = check_rng(rng)
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / np.sqrt(in_features)
 
@@ -116,12 +122,12 @@ class SparseLinear(Module):
         self.grad_output = None
 
     # -- the contract ---------------------------------------------------------------
-    def forward(self, x):
+    def check_inputs(self, x):
+        """x: a float array (..., in) of the weight's dtype."""
+        check_features("x", x, self.in_features, self.weight.value)
+
+    def compute(self, x):
         """``y = x Wᵀ + b`` over the stored entries: x (..., in) → y (..., out)."""
-        check_float("x", x, min_ndim=1)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"x: expected last dimension {self.in_features}, got shape {x.shape}")
-        check_same_dtype(weight=self.weight.value, x=x)  # the parameters' dtype decides
         b = None if self.bias is None else self.bias.value
         y, self._cache = sparse_linear_forward(x, self.weight.value, b)
         return y

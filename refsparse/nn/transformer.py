@@ -16,9 +16,17 @@ Parameter names mirror ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecod
 
 from __future__ import annotations
 
-from .._checks import check_bool, check_float, check_same_dtype, check_shape
+from .._checks import (
+    check_bool,
+    check_features,
+    check_float,
+    check_positive_int,
+    check_rng,
+    check_same_dtype,
+    check_shape,
+)
 from .attention import MultiHeadAttention
-from .layers import Activation, Dropout, LayerNorm, Linear, _check_positive_int, _default_rng
+from .layers import Activation, Dropout, LayerNorm, Linear
 from .module import Module
 
 
@@ -27,15 +35,19 @@ class FeedForward(Module):
 
     def __init__(self, d_model, d_ff, activation="relu", dropout=0.0, *, rng=None, dtype="float64"):
         super().__init__()
-        rng = _default_rng(rng)
-        self.linear1 = Linear(d_model, _check_positive_int("d_ff", d_ff), rng=rng, dtype=dtype)
+        rng = check_rng(rng)
+        self.linear1 = Linear(d_model, check_positive_int("d_ff", d_ff), rng=rng, dtype=dtype)
         self.act = Activation(activation)
         self.dropout = Dropout(dropout, rng=rng)
         self.linear2 = Linear(d_ff, d_model, rng=rng, dtype=dtype)
 
-    def forward(self, x):
+    def check_inputs(self, x):
+        """x: a float array (…, C) of the weights' dtype."""
+        self.linear1.check_inputs(x)
+
+    def compute(self, x):
         """x (…, C) -> linear2(dropout(act(linear1(x)))) (…, C)."""
-        return self.linear2.forward(self.dropout.forward(self.act.forward(self.linear1.forward(x))))
+        return self.linear2.compute(self.dropout.forward(self.act.forward(self.linear1.compute(x))))
 
     def backward(self, dy):
         """dx through linear2, dropout, the activation and linear1, in reverse."""
@@ -52,7 +64,7 @@ class EncoderLayer(Module):
     def __init__(self, d_model, n_heads, d_ff, dropout=0.1, activation="relu", norm_first=False,
                  eps=1e-5, bias=True, *, rng=None, dtype="float64"):
         super().__init__()
-        rng = _default_rng(rng)
+        rng = check_rng(rng)
         self.norm_first = bool(norm_first)
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, bias, rng=rng, dtype=dtype)
         self.ff = FeedForward(d_model, d_ff, activation, dropout, rng=rng, dtype=dtype)
@@ -61,18 +73,22 @@ class EncoderLayer(Module):
         self.dropout1 = Dropout(dropout, rng=rng)
         self.dropout2 = Dropout(dropout, rng=rng)
 
-    def forward(self, x, *, causal=False, key_padding_mask=None, attn_mask=None, pattern=None):
+    def check_inputs(self, x, *, causal=False, key_padding_mask=None, attn_mask=None, pattern=None):
+        """x (B, T, C) of the weights' dtype, and the masks (as MultiHeadAttention checks them)."""
+        self.self_attn.check_inputs(x, causal=causal, key_padding_mask=key_padding_mask,
+                                    attn_mask=attn_mask, pattern=pattern)
+
+    def compute(self, x, *, causal=False, key_padding_mask=None, attn_mask=None, pattern=None):
         """x (B, T, C) -> (B, T, C); ``pattern`` makes the self-attention sparse (see MultiHeadAttention)."""
-        # pattern: a sparse attention pattern for the self-attention (see MultiHeadAttention)
         masks = dict(causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
                      pattern=pattern)
         if self.norm_first:
             # h = x + Drop(SA(LN1(x)));  y = h + Drop(FF(LN2(h)))
-            h = x + self.dropout1.forward(self.self_attn.forward(self.norm1.forward(x), **masks))
-            return h + self.dropout2.forward(self.ff.forward(self.norm2.forward(h)))
+            h = x + self.dropout1.forward(self.self_attn.compute(self.norm1.compute(x), **masks))
+            return h + self.dropout2.forward(self.ff.compute(self.norm2.compute(h)))
         # h = LN1(x + Drop(SA(x)));  y = LN2(h + Drop(FF(h)))
-        h = self.norm1.forward(x + self.dropout1.forward(self.self_attn.forward(x, **masks)))
-        return self.norm2.forward(h + self.dropout2.forward(self.ff.forward(h)))
+        h = self.norm1.compute(x + self.dropout1.forward(self.self_attn.compute(x, **masks)))
+        return self.norm2.compute(h + self.dropout2.forward(self.ff.compute(h)))
 
     def backward(self, dy):
         """Walk the forward in reverse; returns dx (B, T, C)."""
@@ -100,7 +116,7 @@ class DecoderLayer(Module):
     def __init__(self, d_model, n_heads, d_ff, dropout=0.1, activation="relu", norm_first=False,
                  eps=1e-5, bias=True, *, rng=None, dtype="float64"):
         super().__init__()
-        rng = _default_rng(rng)
+        rng = check_rng(rng)
         self.norm_first = bool(norm_first)
         self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, bias, rng=rng, dtype=dtype)
         self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, bias, rng=rng, dtype=dtype)
@@ -112,11 +128,13 @@ class DecoderLayer(Module):
         self.dropout2 = Dropout(dropout, rng=rng)
         self.dropout3 = Dropout(dropout, rng=rng)
 
-    def forward(self, x, memory, *, causal=True, tgt_key_padding_mask=None,
-                memory_key_padding_mask=None, tgt_mask=None, memory_mask=None, tgt_pattern=None):
-        """x (B, T, C), memory (B, S, C) -> (B, T, C); ``tgt_pattern`` makes the self-attention sparse."""
-        # checked here so that errors name this layer's arguments, not its attention's
-        check_float("x", x, ndim=3)
+    def check_inputs(self, x, memory, *, causal=True, tgt_key_padding_mask=None,
+                     memory_key_padding_mask=None, tgt_mask=None, memory_mask=None, tgt_pattern=None):
+        """x (B, T, C) and memory (B, S, C) of the weights' dtype; the masks' dtypes and shapes.
+
+        Errors name this layer's arguments (``memory``, ``tgt_mask``), not its attention's.
+        """
+        check_features("x", x, self.norm1.dim, self.norm1.weight.value, ndim=3)
         check_float("memory", memory, ndim=3)
         check_same_dtype(x=x, memory=memory)
         (B, T, C), S = x.shape, memory.shape[1]
@@ -128,19 +146,26 @@ class DecoderLayer(Module):
             if mask is not None:
                 check_bool(name, mask)
                 check_shape(name, mask, shape)
+        if tgt_pattern is not None:
+            self.self_attn.check_inputs(x, causal=causal, key_padding_mask=tgt_key_padding_mask,
+                                        attn_mask=tgt_mask, pattern=tgt_pattern)
+
+    def compute(self, x, memory, *, causal=True, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_mask=None, memory_mask=None, tgt_pattern=None):
+        """x (B, T, C), memory (B, S, C) -> (B, T, C); ``tgt_pattern`` makes the self-attention sparse."""
         self_masks = dict(causal=causal, key_padding_mask=tgt_key_padding_mask, attn_mask=tgt_mask,
                           pattern=tgt_pattern)
         cross_masks = dict(key_padding_mask=memory_key_padding_mask, attn_mask=memory_mask)
         sa, ca, ff = self.self_attn, self.cross_attn, self.ff
         if self.norm_first:
             # h1 = x + Drop(SA(LN1(x)));  h2 = h1 + Drop(CA(LN2(h1), m));  y = h2 + Drop(FF(LN3(h2)))
-            h1 = x + self.dropout1.forward(sa.forward(self.norm1.forward(x), **self_masks))
-            h2 = h1 + self.dropout2.forward(ca.forward(self.norm2.forward(h1), memory, **cross_masks))
-            return h2 + self.dropout3.forward(ff.forward(self.norm3.forward(h2)))
+            h1 = x + self.dropout1.forward(sa.compute(self.norm1.compute(x), **self_masks))
+            h2 = h1 + self.dropout2.forward(ca.compute(self.norm2.compute(h1), memory, **cross_masks))
+            return h2 + self.dropout3.forward(ff.compute(self.norm3.compute(h2)))
         # h1 = LN1(x + Drop(SA(x)));  h2 = LN2(h1 + Drop(CA(h1, m)));  y = LN3(h2 + Drop(FF(h2)))
-        h1 = self.norm1.forward(x + self.dropout1.forward(sa.forward(x, **self_masks)))
-        h2 = self.norm2.forward(h1 + self.dropout2.forward(ca.forward(h1, memory, **cross_masks)))
-        return self.norm3.forward(h2 + self.dropout3.forward(ff.forward(h2)))
+        h1 = self.norm1.compute(x + self.dropout1.forward(sa.compute(x, **self_masks)))
+        h2 = self.norm2.compute(h1 + self.dropout2.forward(ca.compute(h1, memory, **cross_masks)))
+        return self.norm3.compute(h2 + self.dropout3.forward(ff.compute(h2)))
 
     def backward(self, dy):
         """Walk the forward in reverse; returns ``(dx, dmemory)``."""

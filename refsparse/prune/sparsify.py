@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..kernels.select import topk_indices
-from ..models import _OutputHead
+from ..models import OutputHead
 from ..nn import FeedForward, Linear, Module, ModuleList, MultiHeadAttention, SparseLinear
 from .criteria import _check_finite, _is_int, block_mask, check_sparsity, n_keep, nm_mask
 
@@ -74,7 +74,7 @@ def prunable_layers(model, include=("attention", "feedforward")):
     - ``"feedforward"``: ``linear1``, ``linear2`` of every :class:`FeedForward`;
 
     or the string ``"all"``: every linear layer of the model except those inside the output
-    head (``models._OutputHead``, whose ``proj`` maps to the vocabulary). A single kind may
+    head (``models.OutputHead``, whose ``proj`` maps to the vocabulary). A single kind may
     be given as a string. The layers are :class:`Linear` or, once sparsified,
     :class:`SparseLinear`; embeddings, positional tables, LayerNorm and the head are never
     listed.
@@ -94,7 +94,7 @@ def prunable_layers(model, include=("attention", "feedforward")):
         if include == "all":
             parts = name.split(".")
             ancestors = (modules[".".join(parts[:i])] for i in range(len(parts)))
-            if not any(isinstance(a, _OutputHead) for a in ancestors):
+            if not any(isinstance(a, OutputHead) for a in ancestors):
                 found.append((name, mod))
         elif ("attention" in include and isinstance(parent, MultiHeadAttention) and attr in _ATTENTION) \
                 or ("feedforward" in include and isinstance(parent, FeedForward) and attr in _FEEDFORWARD):
