@@ -1,10 +1,18 @@
-"""GELU forward and backward as parallel Numba loops over the elements.
+"""GELU forward and backward: the driver, and the fast kernels (parallel Numba loops over
+the elements); and the softmaxes' exponential, ``exp_softmax``.
 
-NumPy twin: ``refsparse.functional.activations._gelu_forward_numpy`` and
-``_gelu_backward_numpy`` — the same formulas written with whole-array NumPy operations
-(scipy's erfc); the tests hold the two together. The kernels exist for speed: the twin
-makes ~8 passes over memory and scipy's erfc runs on one core, these make one pass on
-all cores.
+The driver, called by :mod:`refsparse.functional.activations`:
+
+    y, gate = gelu_forward(x, approximate)          x, y, gate: any one shape
+    dx = gelu_backward(dy, x, gate, approximate)
+
+runs the path that is switched on (:func:`refsparse.kernels.current`): the reference,
+:mod:`refsparse.kernels.reference.activations` (whole-array NumPy and scipy's erfc, the
+definition), or the fast kernels below — which also run the reference on small problems
+(fewer than ``KERNEL_MIN_SIZE`` elements), where starting the threads costs more than they
+save. The tests hold the two paths together. The kernels exist for speed: the reference
+makes ~8 passes over memory and scipy's erfc runs on one core, these make one pass on all
+cores.
 
 Arrays: x, y, gate, dy, dx flat (n,) C-contiguous, one dtype (float32 or float64).
 
@@ -28,7 +36,7 @@ arithmetic with functions that vectorise (AVX2), and round once to float32:
               (truncation < 2e-12), squared 8 times (relative error ×256: < 1e-9).
 
 so gate and dx are within ~3 float32 ulps of the libm values (the float64 kernels and the
-NumPy twin keep the correctly rounded functions). These kernels allow ``contract`` (fused
+reference keep the correctly rounded functions). These kernels allow ``contract`` (fused
 multiply-adds in the polynomials), which rounds less, not more. ~5× faster than libm.
 """
 
@@ -42,6 +50,15 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 import numpy as np
 
+from .reference import activations as ref
+from .switch import current
+
+__all__ = ["KERNEL_MIN_SIZE", "exp_softmax", "gelu_backward", "gelu_forward"]
+
+# below this many elements the reference runs on the fast path too: as fast there, and it
+# keeps small problems (tests, golden vectors) on the reference code
+KERNEL_MIN_SIZE = 16384
+
 _SQRT1_2 = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_BETA = math.sqrt(2.0 / math.pi)
@@ -49,6 +66,40 @@ _TANH_KAPPA = 0.044715
 # Numerical Recipes' erfcc: erfc(z) = t·exp(−z² + Σ_k c_k t^k), t = 1/(1 + z/2), z >= 0
 _ERFCC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807,
           -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+
+
+def gelu_forward(x, approximate):
+    """GELU of x (any shape): returns y and the gate (Φ(x) or σ(2u)), x's shape and dtype.
+
+    ``approximate`` is "none" (erf) or "tanh". A non-contiguous x is copied once.
+    """
+    if current() == "reference" or x.size < KERNEL_MIN_SIZE:
+        return ref.gelu_forward(x, approximate)
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    gate = np.empty_like(x)
+    if x.dtype == np.float32:  # vectorised erfc/exp in float64 arithmetic, rounded once
+        kernel = gelu_exact_fwd_f32 if approximate == "none" else gelu_tanh_fwd_f32
+    else:
+        kernel = gelu_exact_fwd if approximate == "none" else gelu_tanh_fwd
+    kernel(x.reshape(-1), y.reshape(-1), gate.reshape(-1))
+    return y, gate
+
+
+def gelu_backward(dy, x, gate, approximate):
+    """dx of GELU, x's shape and dtype, from dy, the input x and the forward's gate."""
+    if current() == "reference" or x.size < KERNEL_MIN_SIZE:
+        return ref.gelu_backward(dy, x, gate, approximate)
+    x = np.ascontiguousarray(x)
+    gate = np.ascontiguousarray(gate)
+    dy = np.ascontiguousarray(dy)
+    dx = np.empty_like(x)
+    if approximate == "none":
+        kernel = gelu_exact_bwd_f32 if x.dtype == np.float32 else gelu_exact_bwd
+    else:
+        kernel = gelu_tanh_bwd  # no exp: as fast in float32
+    kernel(x.reshape(-1), gate.reshape(-1), dy.reshape(-1), dx.reshape(-1))
+    return dx
 
 
 @numba.njit(parallel=True, cache=True)
