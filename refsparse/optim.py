@@ -43,11 +43,7 @@ import numpy as np
 
 from refsparse.nn.module import Parameter
 
-from .kernels import adam as _adam_kernel
-
-# Adam(W) updates of parameters with at least this many entries run the Numba kernel
-# (bit-identical to the NumPy code below it; smaller ones are not worth starting threads)
-_KERNEL_MIN_SIZE = 16384
+from .kernels import adam as adam_kernels
 
 __all__ = [
     "SGD",
@@ -530,54 +526,14 @@ class Adam(Optimizer):
         }
 
     def _update(self, name, values, grad, lr, t):
-        # torch/optim/adam.py, _single_tensor_adam (amsgrad=False, capturable=False), line by line.
-        beta1, beta2, eps, wd = self.beta1, self.beta2, self.eps, self.weight_decay
+        # torch/optim/adam.py, _single_tensor_adam (amsgrad=False, capturable=False): the
+        # update is the driver's (refsparse/kernels/adam.py); its reference kernel,
+        # refsparse/kernels/reference/adam.py, quotes torch line by line
         st = self.state.get(name)
         if st is None:
             st = self.state[name] = {"exp_avg": np.zeros_like(values), "exp_avg_sq": np.zeros_like(values)}
-        exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
-        arrays = (values, grad, exp_avg, exp_avg_sq)
-        if values.size >= _KERNEL_MIN_SIZE and all(a.flags.c_contiguous for a in arrays):
-            # the Numba kernel (refsparse/kernels/adam.py): the same operations in the same
-            # order, bit for bit, in one pass on all cores
-            decoupled = self._decoupled and wd != 0
-            bias_correction1 = 1 - beta1 ** float(t)
-            bias_correction2 = 1 - beta2 ** float(t)
-            _adam_kernel.adam_update(*(a.reshape(-1) for a in arrays),
-                                     1 - lr * wd if decoupled else 1.0,
-                                     wd if (wd != 0 and not self._decoupled) else 0.0,
-                                     1 - beta1, beta2, 1 - beta2, -(lr / bias_correction1),
-                                     bias_correction2**0.5, eps)
-            return
-        self._update_numpy(values, grad, exp_avg, exp_avg_sq, lr, t)
-
-    def _update_numpy(self, values, grad, exp_avg, exp_avg_sq, lr, t):
-        """The NumPy twin of the kernel ``adam_update``: the update as whole-array operations."""
-        beta1, beta2, eps, wd = self.beta1, self.beta2, self.eps, self.weight_decay
-        if wd != 0:
-            if self._decoupled:
-                values *= 1 - lr * wd  # param.mul_(1 - lr * weight_decay)
-            else:
-                grad = grad + wd * values  # grad.add(param, alpha=weight_decay)
-
-        # exp_avg.lerp_(grad, 1 - beta1): ATen's lerp picks its form by the weight's size
-        w = 1 - beta1
-        if abs(w) < 0.5:
-            exp_avg += w * (grad - exp_avg)
-        else:
-            exp_avg[...] = grad - (grad - exp_avg) * (1 - w)
-        # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        exp_avg_sq *= beta2
-        exp_avg_sq += (1 - beta2) * grad * grad
-
-        bias_correction1 = 1 - beta1 ** float(t)
-        bias_correction2 = 1 - beta2 ** float(t)
-        step_size = lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2**0.5
-
-        denom = np.sqrt(exp_avg_sq) / bias_correction2_sqrt  # (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
-        denom += eps
-        values += (-step_size) * exp_avg / denom  # param.addcdiv_(exp_avg, denom, value=-step_size)
+        adam_kernels.update(values, grad, st["exp_avg"], st["exp_avg_sq"], lr, self.beta1, self.beta2,
+                            self.eps, self.weight_decay, self._decoupled, t)
 
 
 class AdamW(Adam):
