@@ -27,8 +27,9 @@ so that ``numpy.savez(path, **opt.state_dict())`` saves it and
 When a pruner changes a sparse weight's pattern it calls ``opt.remap(name, old_to_new)``:
 entries that continue an old entry keep its state, new entries start at zero.
 
-Schedules are plain callables ``step -> lr`` that the training loop applies with
-``opt.lr = schedule(step)`` before ``opt.step()``.
+Schedules are plain callables ``s -> lr``; the training loop runs update number s
+(s = 1, 2, …) at ``schedule(s)``: ``opt.lr = schedule(step + 1)`` before ``opt.step()``,
+``step`` being the number of updates already taken.
 """
 
 from __future__ import annotations
@@ -572,7 +573,7 @@ class ConstantLR:
     lr: float
 
     def __call__(self, step):
-        """The learning rate before update ``step + 1``: always the same."""
+        """lr(step): always the same."""
         _check_count("step", step)
         return self.lr
 
@@ -587,7 +588,7 @@ class WarmupCosine:
     min_lr: float = 0.0
 
     def __call__(self, step):
-        """The learning rate before update ``step + 1`` (see :func:`warmup_cosine`)."""
+        """lr(step) (see :func:`warmup_cosine`); the trainer runs update number ``step`` at it."""
         s = _check_count("step", step)
         if s < self.warmup_steps:
             return self.base_lr * s / self.warmup_steps
@@ -615,8 +616,7 @@ def constant_lr(lr):
 def warmup_cosine(base_lr, warmup_steps, total_steps, min_lr=0.0):
     """Linear warm-up from 0 to ``base_lr``, then cosine decay to ``min_lr``.
 
-    With W = warmup_steps, N = total_steps and s the number of updates already taken
-    (the trainer sets ``opt.lr = schedule(s)`` before update s + 1)::
+    With W = warmup_steps and N = total_steps::
 
         lr(s) = base_lr · s / W                                            0 ≤ s < W
         lr(s) = min_lr + ½·(base_lr − min_lr)·(1 + cos(π·(s − W)/(N − W)))  W ≤ s < N
@@ -624,7 +624,14 @@ def warmup_cosine(base_lr, warmup_steps, total_steps, min_lr=0.0):
 
     so lr(0) = 0 (when W > 0), lr(W) = base_lr, lr((W + N)/2) = (base_lr + min_lr)/2
     and lr(N) = min_lr. With min_lr = 0 this is HuggingFace's
-    ``get_cosine_schedule_with_warmup`` (num_cycles = 0.5).
+    ``get_cosine_schedule_with_warmup`` (num_cycles = 0.5) as a function of s.
+
+    How the trainer applies it: with ``step`` the number of updates already taken,
+    :meth:`refsparse.train.Trainer.train_step` sets ``opt.lr = schedule(step + 1)`` just
+    before ``opt.step()`` — update number s (s = 1, 2, …) runs at lr(s). So the first
+    update runs at base_lr / W (never at lr(0) = 0), update W at base_lr, and every update
+    from N on at min_lr. (HuggingFace's usual loop, ``optimizer.step()`` then
+    ``scheduler.step()``, runs update s at lr(s − 1): one step behind.)
 
     Parameters
     ----------
@@ -663,8 +670,14 @@ def clip_grad_norm(params, max_norm):
         g ← g·c  for every gradient, in place, when c < 1
 
     The arithmetic runs in the gradients' dtype (float32 gradients give a float32
-    norm and coefficient, as in torch). A NaN total leaves the gradients untouched
-    (torch would multiply them by NaN); the caller sees the NaN it returns.
+    norm and coefficient, as in torch).
+
+    **Difference from PyTorch** (listed in docs/conventions.md): when the total norm is NaN
+    (some gradient holds a NaN; or inf − inf …), c is NaN and ``c < 1`` is False, so the
+    gradients are left untouched — the finite ones stay finite — and the NaN is returned
+    for the caller to see. torch multiplies every gradient by the NaN coefficient, so all
+    of them become NaN. (An infinite norm gives c = 0 in both: the finite entries become
+    0 and the infinite ones NaN.)
 
     Parameters
     ----------

@@ -602,6 +602,39 @@ def test_clip_grad_norm_edge_cases(rng):
         clip_grad_norm([np.zeros(3)], 1.0)
 
 
+@pytest.mark.torch
+def test_clip_grad_norm_nan_norm_leaves_gradients_untouched_unlike_torch(torch):
+    """docs/conventions.md, differences from PyTorch: a NaN total norm leaves every gradient
+    as it was (the NaN is returned); torch makes every gradient NaN. An infinite norm: both
+    give coefficient 0 (finite entries 0, infinite ones NaN)."""
+    grads = [np.array([1.0, np.nan]), np.array([2.0, 3.0])]
+    params = [(f"p{i}", Parameter(np.zeros(2))) for i in range(2)]
+    for (_, p), g in zip(params, grads):
+        p.grad = g.copy()
+    total = clip_grad_norm(params, 1.0)
+    assert math.isnan(total)
+    assert bits(params[0][1].grad) == bits(grads[0]) and bits(params[1][1].grad) == bits(grads[1])
+    tensors = []
+    for g in grads:
+        t = torch.zeros(2, dtype=torch.float64)
+        t.grad = torch.tensor(g.copy())
+        tensors.append(t)
+    assert math.isnan(float(torch.nn.utils.clip_grad_norm_(tensors, 1.0, foreach=False)))
+    assert all(torch.isnan(t.grad).all() for t in tensors)  # torch: every gradient NaN
+
+    # an infinite norm: the same as torch
+    grads = [np.array([1.0, np.inf]), np.array([2.0, 3.0])]
+    for (_, p), g, t in zip(params, grads, tensors):
+        p.grad = g.copy()
+        t.grad = torch.tensor(g.copy())
+    with np.errstate(invalid="ignore"):  # inf · 0
+        assert clip_grad_norm(params, 1.0) == math.inf
+    torch.nn.utils.clip_grad_norm_(tensors, 1.0, foreach=False)
+    for (_, p), t in zip(params, tensors):
+        np.testing.assert_array_equal(p.grad, t.grad.numpy())
+    np.testing.assert_array_equal(params[0][1].grad, [0.0, np.nan])
+
+
 # ----------------------------------------------------------------------------------
 # argument checks and the training-loop interface
 # ----------------------------------------------------------------------------------
