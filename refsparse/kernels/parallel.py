@@ -39,6 +39,12 @@ Set ``OMP_WAIT_POLICY=passive`` before the first Numba kernel runs (``refsparse 
 and the benchmarks do): by default Numba's OpenMP threads spin for milliseconds after each
 parallel kernel, and the product that follows ran 19 → 24–26 ms here for it.
 
+End-to-end gain, measured: one AdamW training step of a small float32 DecoderLM (4
+layers, d_model 128, d_ff 512, T 128, batch 16) with ``OPENBLAS_NUM_THREADS=1`` took 1.09×
+as long (dense attention) and 1.06× (local attention, window 32) when every product was one
+plain ``np.dot`` instead of split — medians over 40 paired rounds, interleaved step by step
+in one process, on a shared 2-core machine (load ~11). Kept.
+
 Numerics: a block of rows of C is computed by the same BLAS kernel with the same K loop as
 the whole product. Slicing K (``matmul_tn``) adds the slices' partial products at the end:
 the float64 result moves by a few ulps of the terms summed, as any reordering of a sum.
