@@ -56,6 +56,14 @@ def test_softmax_kernels_equal_reference_float64(m, tq, tk, q0, masked, seed):
 @given(lead=st.sampled_from([(), (2,), (2, 3)]), tq=st.integers(1, 30), tk=st.integers(1, 30),
        causal=st.booleans(), masked=st.sampled_from(["none", "shared", "full"]), seed=st.integers(0, 2**31 - 1))
 def test_softmax_driver_fast_equals_reference(lead, tq, tk, causal, masked, seed):
+    kernel_min_size, K.KERNEL_MIN_SIZE = K.KERNEL_MIN_SIZE, 0  # the kernels at every size
+    try:
+        _driver_fast_equals_reference(lead, tq, tk, causal, masked, seed)
+    finally:
+        K.KERNEL_MIN_SIZE = kernel_min_size
+
+
+def _driver_fast_equals_reference(lead, tq, tk, causal, masked, seed):
     rng = np.random.default_rng(seed)
     s = 3 * rng.standard_normal(lead + (tq, tk))
     blocked = None if masked == "none" else rng.random((tq, tk) if masked == "shared" else s.shape) < 0.3
@@ -105,7 +113,9 @@ def test_reference_softmax_against_its_formula():
 
 @pytest.fixture
 def cut_calls(monkeypatch):
-    """Records the causal cut of every softmax_rows call (Tk or more: no cut)."""
+    """Records the causal cut of every softmax_rows call (Tk or more: no cut); the fast
+    path runs the kernels at every size."""
+    monkeypatch.setattr(K, "KERNEL_MIN_SIZE", 0)
     calls = []
     original = K.softmax_rows
 
@@ -152,6 +162,19 @@ def test_attention_fast_path_equals_reference_path(cut_calls, dtype, tol, lead, 
         for name, g, r in zip("qkv", grads, ref_grads):
             assert g.dtype == dtype
             assert rel_err(g, r) <= tol, f"d{name}"
+
+
+def test_small_slices_run_the_reference_on_the_fast_path_bit_for_bit():
+    rng = np.random.default_rng(1)
+    q, k, v = _qkv(rng, (2, 2), 6, 6, 4, np.float64)
+    dout = rng.standard_normal((2, 2, 6, 5))
+    outs = []
+    for path in ("fast", "reference"):
+        with kernels.use(path):
+            out, cache = F.attention_forward(q, k, v, causal=True)
+            outs.append((out, *F.attention_backward(dout, cache)))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)  # the same code
 
 
 def test_causal_with_dropout_draws_like_the_reference_path():

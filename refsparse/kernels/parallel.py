@@ -43,7 +43,9 @@ End-to-end gain, measured: one AdamW training step of a small float32 DecoderLM 
 layers, d_model 128, d_ff 512, T 128, batch 16) with ``OPENBLAS_NUM_THREADS=1`` took 1.09×
 as long (dense attention) and 1.06× (local attention, window 32) when every product was one
 plain ``np.dot`` instead of split — medians over 40 paired rounds, interleaved step by step
-in one process, on a shared 2-core machine (load ~11). Kept.
+in one process, on a shared 2-core machine (load ~11, so other processes held the second
+core much of the time: wall times, the only measure of a gain from threads, are noisy
+there, and the figure is a rough one). Kept.
 
 Numerics: a block of rows of C is computed by the same BLAS kernel with the same K loop as
 the whole product. Slicing K (``matmul_tn``) adds the slices' partial products at the end:
