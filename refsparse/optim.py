@@ -588,7 +588,7 @@ class WarmupCosine:
     min_lr: float = 0.0
 
     def __call__(self, step):
-        """lr(step) (see :func:`warmup_cosine`); the trainer runs update number ``step`` at it."""
+        """lr(step) (see [`warmup_cosine`][refsparse.optim.warmup_cosine]); the trainer runs update number ``step`` at it."""
         s = _check_count("step", step)
         if s < self.warmup_steps:
             return self.base_lr * s / self.warmup_steps
@@ -627,8 +627,8 @@ def warmup_cosine(base_lr, warmup_steps, total_steps, min_lr=0.0):
     ``get_cosine_schedule_with_warmup`` (num_cycles = 0.5) as a function of s.
 
     How the trainer applies it: with ``step`` the number of updates already taken,
-    :meth:`refsparse.train.Trainer.train_step` sets ``opt.lr = schedule(step + 1)`` just
-    before ``opt.step()`` — update number s (s = 1, 2, …) runs at lr(s). So the first
+    [`Trainer.train_step`][refsparse.train.Trainer.train_step] sets
+    ``opt.lr = schedule(step + 1)`` just before ``opt.step()`` — update number s (s = 1, 2, …) runs at lr(s). So the first
     update runs at base_lr / W (never at lr(0) = 0), update W at base_lr, and every update
     from N on at min_lr. (HuggingFace's usual loop, ``optimizer.step()`` then
     ``scheduler.step()``, runs update s at lr(s − 1): one step behind.)

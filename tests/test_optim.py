@@ -739,7 +739,7 @@ def test_adam_fast_kernel_is_bit_identical_to_reference(dtype, cls, kwargs):
         g[::17] = 0
         mine.grad, twin.grad = g.copy(), g.copy()
         with kernels.use("fast"):
-            K.adam_update = lambda *a: (calls.append(1), kernel(*a))  # noqa: B023
+            K.adam_update = lambda *a: (calls.append(1), kernel(*a))
             try:
                 opt.step()  # the Numba kernel
             finally:

@@ -1,20 +1,20 @@
 """GELU forward and backward: the driver, and the fast kernels (parallel Numba loops over
 the elements); and the softmaxes' exponential, ``exp_softmax``.
 
-The driver, called by :mod:`refsparse.functional.activations`:
+The driver, called by [`functional.activations`][refsparse.functional.activations]:
 
     y, gate = gelu_forward(x, approximate)          x, y, gate: any one shape
     dx = gelu_backward(dy, x, gate, approximate)
 
-runs the path that is switched on (:func:`refsparse.kernels.current`): the reference,
-:mod:`refsparse.kernels.reference.activations` (whole-array NumPy and scipy's erfc, the
-definition), or the fast kernels below — which also run the reference on small problems
-(fewer than ``KERNEL_MIN_SIZE`` elements), where starting the threads costs more than they
-save. The tests hold the two paths together. The kernels exist for speed: the reference
-makes ~8 passes over memory and scipy's erfc runs on one core, these make one pass on all
-cores.
+runs the path that is switched on ([`kernels.current`][refsparse.kernels.current]): the
+reference, [`kernels.reference.activations`][refsparse.kernels.reference.activations]
+(whole-array NumPy and scipy's erfc, the definition), or the fast kernels below — which
+also run the reference on small problems (fewer than ``KERNEL_MIN_SIZE`` elements), where
+starting the threads costs more than they save. The tests hold the two paths together. The
+kernels exist for speed: the reference makes ~8 passes over memory and scipy's erfc runs
+on one core, these make one pass on all cores.
 
-Arrays: x, y, gate, dy, dx flat (n,) C-contiguous, one dtype (float32 or float64).
+Arrays of the kernels: x, y, gate, dy, dx flat (n,) C-contiguous, one dtype (float32 or float64).
 
     exact ("none"):  gate = ½ erfc(−x/√2) = Φ(x),   y = x · gate
                      dx = dy · (gate + x · φ(x)),  φ(x) = exp(−x²/2)/√(2π)
@@ -62,10 +62,10 @@ from __future__ import annotations
 import math
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
-import numpy as np
 
 from .reference import activations as ref
 from .switch import current

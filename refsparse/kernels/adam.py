@@ -1,21 +1,21 @@
 """One Adam / AdamW update: the driver, and the fast kernel (a parallel Numba loop over
 the parameters' entries).
 
-The driver, called by :class:`refsparse.optim.Adam` and :class:`refsparse.optim.AdamW`:
+The driver, called by [`Adam`][refsparse.optim.Adam] and [`AdamW`][refsparse.optim.AdamW]:
 
     update(values, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
            decoupled, step)                       in place on values, exp_avg, exp_avg_sq
 
-runs the path that is switched on (:func:`refsparse.kernels.current`): the reference,
-:mod:`refsparse.kernels.reference.adam` (whole-array NumPy, line by line as torch's
-``_single_tensor_adam``), or the fast kernel below — which also runs the reference on
-small parameters (fewer than ``KERNEL_MIN_SIZE`` entries: not worth starting threads) and
-on arrays that are not C-contiguous. The tests hold the two paths together BIT FOR BIT,
-in float32 and float64. They can: every entry goes
-through the same IEEE operations in the same order (no fastmath, no fused multiply-add),
-and each Python scalar is first rounded to the arrays' dtype, as NumPy does with a
-Python float against a float32 array. The kernel exists for speed: the reference makes ~12
-passes over memory with temporaries on one core, the kernel makes one pass on all cores.
+runs the path that is switched on ([`kernels.current`][refsparse.kernels.current]): the
+reference, [`kernels.reference.adam`][refsparse.kernels.reference.adam] (whole-array
+NumPy, line by line as torch's ``_single_tensor_adam``), or the fast kernel below — which
+also runs the reference on small parameters (fewer than ``KERNEL_MIN_SIZE`` entries: not
+worth starting threads) and on arrays that are not C-contiguous. The tests hold the two
+paths together BIT FOR BIT, in float32 and float64. They can: every entry goes through the
+same IEEE operations in the same order (no fastmath, no fused multiply-add), and each
+Python scalar is first rounded to the arrays' dtype, as NumPy does with a Python float
+against a float32 array. The kernel exists for speed: the reference makes ~12 passes over
+memory with temporaries on one core, the kernel makes one pass on all cores.
 
 Arrays (one dtype, float32 or float64), flat (n,), C-contiguous:
 

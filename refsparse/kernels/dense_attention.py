@@ -1,17 +1,18 @@
 """The softmax passes of dense attention: the driver, and the fast kernels (Numba loops
 over the rows of one slice).
 
-The driver, called by :mod:`refsparse.functional.attention`:
+The driver, called by [`functional.attention`][refsparse.functional.attention]:
 
     masked_softmax(s, blocked, scale, causal)   in place on s (..., Tq, Tk): steps 2–3
     masked_softmax_grad(dp, p, scale)           in place on dp (..., Tq, Tk): step 3 back
     for_each_slice(fn, lead)                    fn(i) for each index i of lead's first axis
 
-runs the path that is switched on (:func:`refsparse.kernels.current`): the reference,
-:mod:`refsparse.kernels.reference.softmax` (whole-array NumPy, the definition; and a
-plain loop over the slices), or the kernels below (and the slices on the threads of
-:func:`refsparse.kernels.parallel.parallel_for`) — which run the reference on slices of
-fewer than ``KERNEL_MIN_SIZE`` scores. The tests hold the two paths together.
+runs the path that is switched on ([`kernels.current`][refsparse.kernels.current]):
+the reference, [`kernels.reference.softmax`][refsparse.kernels.reference.softmax]
+(whole-array NumPy, the definition; and a plain loop over the slices), or the kernels
+below (and the slices on the threads of
+[`parallel_for`][refsparse.kernels.parallel.parallel_for]) — which run the reference on
+slices of fewer than ``KERNEL_MIN_SIZE`` scores. The tests hold the two paths together.
 ``s`` (and ``dp``, ``p``) must be C-contiguous; ``blocked`` is a bool array broadcastable
 to s, True = may NOT attend, or None; ``causal`` also blocks every key j > query i.
 The kernels exist for speed: the reference walks the
@@ -56,8 +57,8 @@ from .activations import exp_softmax
 from .reference import softmax as ref
 from .switch import current
 
-__all__ = ["KERNEL_MIN_SIZE", "for_each_slice", "masked_softmax", "masked_softmax_grad", "softmax_grad",
-           "softmax_rows"]
+__all__ = ["KERNEL_MIN_SIZE", "for_each_slice", "masked_softmax", "masked_softmax_grad",
+           "softmax_grad", "softmax_rows"]
 
 # slices of fewer scores than this run the reference on the fast path too: as fast there,
 # and it keeps small problems (tests, golden vectors) on the reference code, bit for bit
@@ -92,9 +93,9 @@ def for_each_slice(fn, lead):
     when there is none. The slices are independent: the result is the same in any order.
 
     Fast path: the slices run side by side on the threads of
-    :func:`refsparse.kernels.parallel.parallel_for` (BLAS products, NumPy element-wise
-    passes and the ``nogil`` kernels below release the GIL; one thread unless BLAS is
-    single-threaded). Reference path: a plain loop.
+    [`parallel_for`][refsparse.kernels.parallel.parallel_for] (BLAS products, NumPy
+    element-wise passes and the ``nogil`` kernels below release the GIL; one thread
+    unless BLAS is single-threaded). Reference path: a plain loop.
     """
     if len(lead) == 0:
         fn(())

@@ -1,15 +1,16 @@
 """LayerNorm forward and backward: the driver, and the fast kernels (parallel Numba loops
 over the rows).
 
-The driver, called by :mod:`refsparse.functional.layernorm`:
+The driver, called by [`functional.layernorm`][refsparse.functional.layernorm]:
 
     y, mean, rstd = forward(x, gamma, beta, eps)          x, y (N, C); mean, rstd (N,)
     dx, dgamma, dbeta = backward(dy, x, gamma, mean, rstd)
 
-runs the path that is switched on (:func:`refsparse.kernels.current`): the reference,
-:mod:`refsparse.kernels.reference.layernorm` (whole-array NumPy, the definition), or the
-fast kernels below — which also run the reference on small problems (fewer than
-``KERNEL_MIN_SIZE`` entries), where starting the threads costs more than they save. The
+runs the path that is switched on ([`kernels.current`][refsparse.kernels.current]):
+the reference, [`kernels.reference.layernorm`][refsparse.kernels.reference.layernorm]
+(whole-array NumPy, the definition), or the fast kernels below — which also run the
+reference on small problems (fewer than ``KERNEL_MIN_SIZE`` entries), where starting the
+threads costs more than they save. The
 tests hold the two paths together. The kernels exist for speed: the reference makes ~7
 passes over the (N, C) array on one core (forward) and ~12 (backward); these read each row
 once, while it is in cache, on all cores.

@@ -1,16 +1,17 @@
 """Matrix products: the driver, and the fast path's work split over threads (big matrix
 products on every core with a one-thread BLAS).
 
-The driver, called by :mod:`refsparse.functional` (linear layers, dense attention):
+The driver, called by [`functional`][refsparse.functional] (linear layers, dense attention):
 
     matmul(a, b, bias=None)        C = A B (+ bias)          A (M, K), B (K, N)
     matmul_tn(a, b, colsum=False)  C = Aᵀ B (, Σ_rows A)     A (K, M), B (K, N)
     matmul_each(a, b, out)         out[j] = a[j] @ b[j] over the leading axes
     parallel_for(fn, n)            fn(i) for i in range(n), on the threads
 
-runs the path that is switched on (:func:`refsparse.kernels.current`): the reference,
-:mod:`refsparse.kernels.reference.matmul` (plain ``@``, one BLAS call; and
-``parallel_for`` a plain loop), or the split products below. The tests hold them together.
+runs the path that is switched on ([`kernels.current`][refsparse.kernels.current]):
+the reference, [`kernels.reference.matmul`][refsparse.kernels.reference.matmul] (plain
+``@``, one BLAS call; and ``parallel_for`` a plain loop), or the split products below. The
+tests hold them together.
 
 Why: ``refsparse train`` (and the benchmarks) run OpenBLAS on one thread, because its own
 threads busy-wait between calls and, on a 2-core machine, fight the Numba kernels' threads

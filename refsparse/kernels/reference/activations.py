@@ -1,6 +1,7 @@
 """GELU, both of PyTorch's forms: the reference path, whole-array NumPy.
 
-The definition the fast kernels of :mod:`refsparse.kernels.activations` are tested equal
+The definition the fast kernels of [`kernels.activations`][refsparse.kernels.activations]
+are tested equal
 to. With Φ the normal CDF and φ its density:
 
     "none":  gate = Φ(x) = ½ erfc(−x/√2),          y = x · gate

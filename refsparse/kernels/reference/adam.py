@@ -1,7 +1,7 @@
 """One Adam / AdamW update: the reference path, whole-array NumPy, line by line as
 torch's ``_single_tensor_adam`` (torch/optim/adam.py; amsgrad=False, capturable=False).
 
-The definition the fast kernel of :mod:`refsparse.kernels.adam` is tested equal to, bit
+The definition the fast kernel of [`kernels.adam`][refsparse.kernels.adam] is tested equal to, bit
 for bit. With learning rate γ, betas (β₁, β₂), eps ε, weight decay λ, at step t = 1, 2, …:
 
     decoupled (AdamW):  θ ← θ · (1 − γλ)

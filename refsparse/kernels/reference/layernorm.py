@@ -1,6 +1,7 @@
 """LayerNorm over the rows of an (N, C) array: the reference path, whole-array NumPy.
 
-The definition the fast kernels of :mod:`refsparse.kernels.layernorm` are tested equal to
+The definition the fast kernels of [`kernels.layernorm`][refsparse.kernels.layernorm] are
+tested equal to
 (biased variance, eps inside the square root, as torch.nn.LayerNorm):
 
     μ = Σ_c x_c / C,   σ² = Σ_c (x_c − μ)² / C,   rstd = 1 / √(σ² + ε)

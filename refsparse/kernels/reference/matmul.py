@@ -1,7 +1,8 @@
 """Matrix products: the reference path, plain NumPy ``@`` (one BLAS call each, on the
 threads BLAS itself chooses).
 
-The definitions the products of :mod:`refsparse.kernels.parallel` (split over threads)
+The definitions the products of [`kernels.parallel`][refsparse.kernels.parallel] (split
+over threads)
 are tested equal to:
 
     matmul(a, b, bias)       C = A B (+ bias on every row)     A (M, K), B (K, N)

@@ -1,7 +1,8 @@
 """Dense attention's masked softmax and its gradient: the reference path, whole-array NumPy.
 
-The definitions the fast kernels of :mod:`refsparse.kernels.dense_attention` are tested
-equal to. On s (..., Tq, Tk), the raw scores q kᵀ, row by row:
+The definitions the fast kernels of
+[`kernels.dense_attention`][refsparse.kernels.dense_attention] are tested equal to. On s
+(..., Tq, Tk), the raw scores q kᵀ, row by row:
 
     masked_softmax:       s ← s · scale;  s_ij ← −∞ where blocked[i, j] (or, with causal,
                           where j > i);  p_i = exp(s_i − max_j s_ij) / Σ_j exp(s_ij − max_j s_ij)
