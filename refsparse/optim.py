@@ -27,8 +27,9 @@ so that ``numpy.savez(path, **opt.state_dict())`` saves it and
 When a pruner changes a sparse weight's pattern it calls ``opt.remap(name, old_to_new)``:
 entries that continue an old entry keep its state, new entries start at zero.
 
-Schedules are plain callables ``step -> lr`` that the training loop applies with
-``opt.lr = schedule(step)`` before ``opt.step()``.
+Schedules are plain callables ``s -> lr``; the training loop runs update number s
+(s = 1, 2, …) at ``schedule(s)``: ``opt.lr = schedule(step + 1)`` before ``opt.step()``,
+``step`` being the number of updates already taken.
 """
 
 from __future__ import annotations
@@ -43,11 +44,7 @@ import numpy as np
 
 from refsparse.nn.module import Parameter
 
-from .kernels import adam as _adam_kernel
-
-# Adam(W) updates of parameters with at least this many entries run the Numba kernel
-# (bit-identical to the NumPy code below it; smaller ones are not worth starting threads)
-_KERNEL_MIN_SIZE = 16384
+from .kernels import adam as adam_kernels
 
 __all__ = [
     "SGD",
@@ -530,54 +527,14 @@ class Adam(Optimizer):
         }
 
     def _update(self, name, values, grad, lr, t):
-        # torch/optim/adam.py, _single_tensor_adam (amsgrad=False, capturable=False), line by line.
-        beta1, beta2, eps, wd = self.beta1, self.beta2, self.eps, self.weight_decay
+        # torch/optim/adam.py, _single_tensor_adam (amsgrad=False, capturable=False): the
+        # update is the driver's (refsparse/kernels/adam.py); its reference kernel,
+        # refsparse/kernels/reference/adam.py, quotes torch line by line
         st = self.state.get(name)
         if st is None:
             st = self.state[name] = {"exp_avg": np.zeros_like(values), "exp_avg_sq": np.zeros_like(values)}
-        exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
-        arrays = (values, grad, exp_avg, exp_avg_sq)
-        if values.size >= _KERNEL_MIN_SIZE and all(a.flags.c_contiguous for a in arrays):
-            # the Numba kernel (refsparse/kernels/adam.py): the same operations in the same
-            # order, bit for bit, in one pass on all cores
-            decoupled = self._decoupled and wd != 0
-            bias_correction1 = 1 - beta1 ** float(t)
-            bias_correction2 = 1 - beta2 ** float(t)
-            _adam_kernel.adam_update(*(a.reshape(-1) for a in arrays),
-                                     1 - lr * wd if decoupled else 1.0,
-                                     wd if (wd != 0 and not self._decoupled) else 0.0,
-                                     1 - beta1, beta2, 1 - beta2, -(lr / bias_correction1),
-                                     bias_correction2**0.5, eps)
-            return
-        self._update_numpy(values, grad, exp_avg, exp_avg_sq, lr, t)
-
-    def _update_numpy(self, values, grad, exp_avg, exp_avg_sq, lr, t):
-        """The NumPy twin of the kernel ``adam_update``: the update as whole-array operations."""
-        beta1, beta2, eps, wd = self.beta1, self.beta2, self.eps, self.weight_decay
-        if wd != 0:
-            if self._decoupled:
-                values *= 1 - lr * wd  # param.mul_(1 - lr * weight_decay)
-            else:
-                grad = grad + wd * values  # grad.add(param, alpha=weight_decay)
-
-        # exp_avg.lerp_(grad, 1 - beta1): ATen's lerp picks its form by the weight's size
-        w = 1 - beta1
-        if abs(w) < 0.5:
-            exp_avg += w * (grad - exp_avg)
-        else:
-            exp_avg[...] = grad - (grad - exp_avg) * (1 - w)
-        # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        exp_avg_sq *= beta2
-        exp_avg_sq += (1 - beta2) * grad * grad
-
-        bias_correction1 = 1 - beta1 ** float(t)
-        bias_correction2 = 1 - beta2 ** float(t)
-        step_size = lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2**0.5
-
-        denom = np.sqrt(exp_avg_sq) / bias_correction2_sqrt  # (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
-        denom += eps
-        values += (-step_size) * exp_avg / denom  # param.addcdiv_(exp_avg, denom, value=-step_size)
+        adam_kernels.update(values, grad, st["exp_avg"], st["exp_avg_sq"], lr, self.beta1, self.beta2,
+                            self.eps, self.weight_decay, self._decoupled, t)
 
 
 class AdamW(Adam):
@@ -616,7 +573,7 @@ class ConstantLR:
     lr: float
 
     def __call__(self, step):
-        """The learning rate before update ``step + 1``: always the same."""
+        """lr(step): always the same."""
         _check_count("step", step)
         return self.lr
 
@@ -631,7 +588,7 @@ class WarmupCosine:
     min_lr: float = 0.0
 
     def __call__(self, step):
-        """The learning rate before update ``step + 1`` (see :func:`warmup_cosine`)."""
+        """lr(step) (see [`warmup_cosine`][refsparse.optim.warmup_cosine]); the trainer runs update number ``step`` at it."""
         s = _check_count("step", step)
         if s < self.warmup_steps:
             return self.base_lr * s / self.warmup_steps
@@ -659,8 +616,7 @@ def constant_lr(lr):
 def warmup_cosine(base_lr, warmup_steps, total_steps, min_lr=0.0):
     """Linear warm-up from 0 to ``base_lr``, then cosine decay to ``min_lr``.
 
-    With W = warmup_steps, N = total_steps and s the number of updates already taken
-    (the trainer sets ``opt.lr = schedule(s)`` before update s + 1)::
+    With W = warmup_steps and N = total_steps::
 
         lr(s) = base_lr · s / W                                            0 ≤ s < W
         lr(s) = min_lr + ½·(base_lr − min_lr)·(1 + cos(π·(s − W)/(N − W)))  W ≤ s < N
@@ -668,7 +624,14 @@ def warmup_cosine(base_lr, warmup_steps, total_steps, min_lr=0.0):
 
     so lr(0) = 0 (when W > 0), lr(W) = base_lr, lr((W + N)/2) = (base_lr + min_lr)/2
     and lr(N) = min_lr. With min_lr = 0 this is HuggingFace's
-    ``get_cosine_schedule_with_warmup`` (num_cycles = 0.5).
+    ``get_cosine_schedule_with_warmup`` (num_cycles = 0.5) as a function of s.
+
+    How the trainer applies it: with ``step`` the number of updates already taken,
+    [`Trainer.train_step`][refsparse.train.Trainer.train_step] sets
+    ``opt.lr = schedule(step + 1)`` just before ``opt.step()`` — update number s (s = 1, 2, …) runs at lr(s). So the first
+    update runs at base_lr / W (never at lr(0) = 0), update W at base_lr, and every update
+    from N on at min_lr. (HuggingFace's usual loop, ``optimizer.step()`` then
+    ``scheduler.step()``, runs update s at lr(s − 1): one step behind.)
 
     Parameters
     ----------
@@ -707,8 +670,14 @@ def clip_grad_norm(params, max_norm):
         g ← g·c  for every gradient, in place, when c < 1
 
     The arithmetic runs in the gradients' dtype (float32 gradients give a float32
-    norm and coefficient, as in torch). A NaN total leaves the gradients untouched
-    (torch would multiply them by NaN); the caller sees the NaN it returns.
+    norm and coefficient, as in torch).
+
+    **Difference from PyTorch** (listed in docs/conventions.md): when the total norm is NaN
+    (some gradient holds a NaN; or inf − inf …), c is NaN and ``c < 1`` is False, so the
+    gradients are left untouched — the finite ones stay finite — and the NaN is returned
+    for the caller to see. torch multiplies every gradient by the NaN coefficient, so all
+    of them become NaN. (An infinite norm gives c = 0 in both: the finite entries become
+    0 and the infinite ones NaN.)
 
     Parameters
     ----------

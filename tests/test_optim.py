@@ -602,6 +602,39 @@ def test_clip_grad_norm_edge_cases(rng):
         clip_grad_norm([np.zeros(3)], 1.0)
 
 
+@pytest.mark.torch
+def test_clip_grad_norm_nan_norm_leaves_gradients_untouched_unlike_torch(torch):
+    """docs/conventions.md, differences from PyTorch: a NaN total norm leaves every gradient
+    as it was (the NaN is returned); torch makes every gradient NaN. An infinite norm: both
+    give coefficient 0 (finite entries 0, infinite ones NaN)."""
+    grads = [np.array([1.0, np.nan]), np.array([2.0, 3.0])]
+    params = [(f"p{i}", Parameter(np.zeros(2))) for i in range(2)]
+    for (_, p), g in zip(params, grads):
+        p.grad = g.copy()
+    total = clip_grad_norm(params, 1.0)
+    assert math.isnan(total)
+    assert bits(params[0][1].grad) == bits(grads[0]) and bits(params[1][1].grad) == bits(grads[1])
+    tensors = []
+    for g in grads:
+        t = torch.zeros(2, dtype=torch.float64)
+        t.grad = torch.tensor(g.copy())
+        tensors.append(t)
+    assert math.isnan(float(torch.nn.utils.clip_grad_norm_(tensors, 1.0, foreach=False)))
+    assert all(torch.isnan(t.grad).all() for t in tensors)  # torch: every gradient NaN
+
+    # an infinite norm: the same as torch
+    grads = [np.array([1.0, np.inf]), np.array([2.0, 3.0])]
+    for (_, p), g, t in zip(params, grads, tensors):
+        p.grad = g.copy()
+        t.grad = torch.tensor(g.copy())
+    with np.errstate(invalid="ignore"):  # inf · 0
+        assert clip_grad_norm(params, 1.0) == math.inf
+    torch.nn.utils.clip_grad_norm_(tensors, 1.0, foreach=False)
+    for (_, p), t in zip(params, tensors):
+        np.testing.assert_array_equal(p.grad, t.grad.numpy())
+    np.testing.assert_array_equal(params[0][1].grad, [0.0, np.nan])
+
+
 # ----------------------------------------------------------------------------------
 # argument checks and the training-loop interface
 # ----------------------------------------------------------------------------------
@@ -682,34 +715,42 @@ def test_zero_grad_and_generator_params(rng):
 
 
 # ----------------------------------------------------------------------------------
-# the Numba Adam(W) kernel against its NumPy twin, bit for bit
+# the Adam(W) driver's fast kernel against the reference kernel, bit for bit
 # ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cls,kwargs", [
     (AdamW, {"weight_decay": 0.1}), (AdamW, {"weight_decay": 0.0}),
     (Adam, {"weight_decay": 0.01}), (Adam, {"betas": (0.2, 0.95), "eps": 1e-6}),
 ])
-def test_adam_kernel_is_bit_identical_to_numpy(dtype, cls, kwargs):
-    from refsparse import optim
+def test_adam_fast_kernel_is_bit_identical_to_reference(dtype, cls, kwargs):
+    from refsparse import kernels
+    from refsparse.kernels import adam as K
 
-    n = optim._KERNEL_MIN_SIZE + 123  # large enough for the kernel
+    n = K.KERNEL_MIN_SIZE + 123  # large enough for the Numba kernel
     rng = np.random.default_rng(0)
     v0 = rng.standard_normal(n).astype(dtype)
     mine, twin = Parameter(v0.copy()), Parameter(v0.copy())
     opt = cls([("w", mine)], lr=3e-3, **kwargs)
     ref = cls([("w", twin)], lr=3e-3, **kwargs)
+    calls = []
+    kernel = K.adam_update
     for step in range(1, 6):
         g = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 2)).astype(dtype)
         g[::17] = 0
         mine.grad, twin.grad = g.copy(), g.copy()
-        opt.step()  # the kernel path
-        st = ref.state.setdefault("w", {"exp_avg": np.zeros_like(v0), "exp_avg_sq": np.zeros_like(v0)})
-        ref.step_count += 1
-        ref._update_numpy(twin.values, twin.grad, st["exp_avg"], st["exp_avg_sq"], ref.lr, ref.step_count)
+        with kernels.use("fast"):
+            K.adam_update = lambda *a: (calls.append(1), kernel(*a))
+            try:
+                opt.step()  # the Numba kernel
+            finally:
+                K.adam_update = kernel
+        with kernels.use("reference"):
+            ref.step()  # the reference kernel
         assert np.array_equal(mine.value, twin.value), f"step {step}"
         for buf in ("exp_avg", "exp_avg_sq"):
             assert np.array_equal(opt.state["w"][buf], ref.state["w"][buf]), f"{buf}, step {step}"
     assert mine.value.dtype == dtype
+    assert len(calls) == 5  # the fast path did run the kernel
 
 
 def test_a_pattern_swapped_without_remap_is_refused_even_with_the_same_count():

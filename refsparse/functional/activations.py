@@ -5,11 +5,9 @@ Shapes: any; the output and every gradient have the shape and dtype of the input
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import erfc
 
 from .._checks import check_float
 from ..kernels import activations as K
@@ -23,13 +21,6 @@ __all__ = [
     "relu_backward",
     "relu_forward",
 ]
-
-_SQRT1_2 = math.sqrt(0.5)  # 1/√2
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)  # 1/√(2π), the normal density's constant
-_TANH_BETA = math.sqrt(2.0 / math.pi)  # √(2/π)
-_TANH_KAPPA = 0.044715
-# below this many elements the NumPy twin is as fast as starting the parallel kernel
-_KERNEL_MIN_SIZE = 16384
 
 
 # ----------------------------------------------------------------------------------------
@@ -79,15 +70,6 @@ class GeluCache(NamedTuple):
     approximate: str  # "none" | "tanh"
 
 
-def _tanh_du_dx(x):
-    """du/dx = √(2/π) (1 + 3·0.044715 x²), u = √(2/π) (x + 0.044715 x³)."""
-    du = x * x
-    du *= 3.0 * _TANH_KAPPA
-    du += 1.0
-    du *= _TANH_BETA
-    return du
-
-
 def gelu_forward(x, approximate="none"):
     """Gaussian error linear unit, exactly torch.nn.functional.gelu's two forms.
 
@@ -101,6 +83,9 @@ def gelu_forward(x, approximate="none"):
 
     The functions are the same; only the rounding improves. Either way y = x · gate(x).
 
+    Reference kernel: [`gelu_forward`][refsparse.kernels.reference.activations.gelu_forward];
+    the fast one is in [`refsparse.kernels.activations`][refsparse.kernels.activations].
+
     Returns
     -------
     y : ndarray, x's shape and dtype
@@ -109,36 +94,7 @@ def gelu_forward(x, approximate="none"):
     check_float("x", x)
     if approximate not in ("none", "tanh"):
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
-    if x.size < _KERNEL_MIN_SIZE:
-        return _gelu_forward_numpy(x, approximate)
-    # the Numba kernels (refsparse/kernels/activations.py): one parallel pass, same formulas
-    xc = np.ascontiguousarray(x)
-    y = np.empty_like(xc)
-    gate = np.empty_like(xc)
-    if xc.dtype == np.float32:  # vectorised erfc/exp in float64 arithmetic, rounded once
-        kernel = K.gelu_exact_fwd_f32 if approximate == "none" else K.gelu_tanh_fwd_f32
-    else:
-        kernel = K.gelu_exact_fwd if approximate == "none" else K.gelu_tanh_fwd
-    kernel(xc.reshape(-1), y.reshape(-1), gate.reshape(-1))
-    return y, GeluCache(xc, gate, approximate)
-
-
-def _gelu_forward_numpy(x, approximate="none"):
-    """The NumPy twin of the GELU kernels: whole-array operations, scipy's erfc."""
-    if approximate == "none":
-        gate = erfc(x * -_SQRT1_2)  # scipy's erfc keeps float32 as float32
-        gate *= 0.5  # Φ(x) = ½ (1 + erf(x/√2)) = ½ erfc(−x/√2)
-    else:
-        u = x * x
-        u *= x
-        u *= _TANH_KAPPA
-        u += x
-        u *= -2.0 * _TANH_BETA  # −2u = −2 √(2/π) (x + 0.044715 x³)
-        with np.errstate(over="ignore"):  # exp(−2u) = inf for x ≪ 0 gives σ = 1/inf = 0
-            gate = np.exp(u, out=u)
-        gate += 1.0
-        np.reciprocal(gate, out=gate)  # σ(2u) = 1 / (1 + e^(−2u)) = ½ (1 + tanh u)
-    y = x * gate
+    y, gate = K.gelu_forward(x, approximate)  # x's shape
     return y, GeluCache(x, gate, approximate)
 
 
@@ -152,35 +108,8 @@ def gelu_backward(dy, cache):
     with, in the tanh form, ½ (1 + t) = σ(2u) and ½ (1 − t²) = 2 σ(2u) (1 − σ(2u)).
 
     Derivation: docs/backprop.md, section GELU.
+    Reference kernel: [`gelu_backward`][refsparse.kernels.reference.activations.gelu_backward].
     """
     x, gate, approximate = cache
     check_upstream("dy", dy, x.shape, x.dtype)
-    if x.size < _KERNEL_MIN_SIZE:
-        return _gelu_backward_numpy(dy, cache)
-    dyc = np.ascontiguousarray(dy)
-    dx = np.empty_like(x)
-    if approximate == "none":
-        kernel = K.gelu_exact_bwd_f32 if x.dtype == np.float32 else K.gelu_exact_bwd
-    else:
-        kernel = K.gelu_tanh_bwd  # no exp: as fast in float32
-    kernel(x.reshape(-1), gate.reshape(-1), dyc.reshape(-1), dx.reshape(-1))
-    return dx
-
-
-def _gelu_backward_numpy(dy, cache):
-    """The NumPy twin of the GELU backward kernels."""
-    x, gate, approximate = cache
-    if approximate == "none":
-        d_gate = x * x
-        d_gate *= -0.5
-        np.exp(d_gate, out=d_gate)
-        d_gate *= _INV_SQRT_2PI  # φ(x)
-    else:
-        d_gate = _tanh_du_dx(x)
-        d_gate *= 2.0
-        d_gate *= gate
-        d_gate *= 1.0 - gate  # 2 σ(2u) σ(−2u) du/dx
-    d_gate *= x
-    d_gate += gate  # gate + x · gate′
-    d_gate *= dy
-    return d_gate
+    return K.gelu_backward(dy, x, gate, approximate)  # x's shape

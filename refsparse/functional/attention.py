@@ -11,12 +11,15 @@ Mask convention (torch SDPA's boolean ``attn_mask``, and refsparse.patterns): ``
 means the query MAY attend to the key. A query row with no allowed key gets zero
 probabilities, a zero output and zero gradients — never NaN.
 
-Speed: the matrices of each batch element are one task on the threads of
-:mod:`refsparse.kernels.parallel` (BLAS products, one per matrix, and the softmax
-passes). Large problems run the softmax passes as Numba kernels
-(:mod:`refsparse.kernels.dense_attention`; their NumPy twins ``_masked_softmax`` and
-``_softmax_grad`` are below and run small problems), and there ``causal=True`` is a cut
-inside the softmax kernel (no (Tq, Tk) mask array, no exp of the keys past it).
+Kernels (one driver call each, either path): the products are
+[`matmul_each`][refsparse.kernels.parallel.matmul_each] (reference: ``np.matmul``), the
+softmax passes [`masked_softmax`][refsparse.kernels.dense_attention.masked_softmax] and
+[`masked_softmax_grad`][refsparse.kernels.dense_attention.masked_softmax_grad] (reference:
+[`refsparse.kernels.reference.softmax`][refsparse.kernels.reference.softmax]), and the
+batch elements are independent tasks of
+[`for_each_slice`][refsparse.kernels.dense_attention.for_each_slice] (threads on the fast
+path, where ``causal=True`` is a cut inside the softmax kernel: no (Tq, Tk) mask array,
+no exp of the keys past it).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .._checks import check_bool, check_float, check_same_dtype, check_shape
 from ..kernels import dense_attention as K
 from ..kernels import parallel
 from ._common import check_upstream
-from .dropout import DropoutCache, _dropout, _dropout_grad, check_probability
+from .dropout import DropoutCache, check_probability, dropout_backward, dropout_forward
 
 __all__ = [
     "AttentionCache",
@@ -44,45 +47,12 @@ __all__ = [
 ]
 
 
-# below this many scores (…, Tq, Tk) the NumPy twin runs the softmax passes: as fast there,
-# and it keeps small problems (tests, golden vectors) on the reference code
-_KERNEL_MIN_SIZE = 16384
-
-
 def _check_count(name, value, low):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     if value < low:
         raise ValueError(f"{name}: expected an int >= {low}, got {value}")
     return int(value)
-
-
-def _dot_each(a, b, out):
-    """out[j] = a[j] @ b[j] for every index j of the leading axes: one 2-D BLAS call each.
-
-    a (..., M, K), b (..., K, N), out (..., M, N) C-contiguous, the same leading axes.
-    The same as ``np.matmul(a, b, out=out)``, but NumPy's stacked matmul (and 2-D
-    ``np.matmul`` with ``out=``) took a slow non-BLAS path here for the transposed and
-    strided views attention feeds it (kᵀ, and the heads of a (B, T, C) array): measured
-    ~1.5 s against ~60 ms with ``np.dot`` for (16, 4, 256, 64) @ (16, 4, 64, 256) float32.
-    """
-    for j in np.ndindex(*a.shape[:-2]):
-        np.dot(a[j], b[j], out=out[j])
-
-
-def _for_each_matrix(fn, lead):
-    """Call fn(i) for every index i of the first leading axis, in parallel; fn(()) if none.
-
-    Each call works on the (..., M, N) matrices of its slice: BLAS products, NumPy
-    element-wise passes and ``nogil`` Numba kernels, which release the GIL, so the slices
-    run side by side on the threads of :func:`refsparse.kernels.parallel.parallel_for`
-    (one thread unless BLAS is single-threaded). The slices are independent: the result
-    is the same in any order.
-    """
-    if len(lead) == 0:
-        fn(())
-    else:
-        parallel.parallel_for(fn, lead[0])
 
 
 def causal_mask(t_q, t_k=None):
@@ -121,6 +91,9 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
         4. p̃ = dropout(p, dropout_p)    (training only; torch SDPA's semantics)
         5. out = p̃ v                                       (..., Tq, Dv)
 
+    Reference kernel of steps 2–3:
+    [`masked_softmax`][refsparse.kernels.reference.softmax.masked_softmax].
+
     Parameters
     ----------
     q : ndarray (..., Tq, D), float32 or float64
@@ -133,7 +106,7 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     training : bool
     causal : bool
         Also mask every key after the query: the same as ``mask & causal_mask(Tq, Tk)``
-        (torch SDPA's ``is_causal``); large problems cut those keys inside the softmax
+        (torch SDPA's ``is_causal``); the fast path cuts those keys inside the softmax
         kernel instead of reading a mask. (The products still compute whole (Tq, Tk)
         score matrices: measured here, one BLAS call per matrix beat blocks of rows
         below the diagonal, whose many small calls cost more than the 3/8 of the
@@ -166,10 +139,6 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
     scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
     training = bool(training)
     dropping = training and dropout_p > 0  # step 4 is not the identity
-    kernels = math.prod(lead + (Tq, Tk)) >= _KERNEL_MIN_SIZE
-    cut = 0 if causal and kernels else Tk  # the kernel's causal cut: key j > cut + i (Tk: none)
-    if causal and not kernels:  # the causal mask as a mask: the reference path
-        mask = causal_mask(Tq, Tk) if mask is None else (mask & causal_mask(Tq, Tk))
     blocked = None if mask is None else np.broadcast_to(~mask, lead + (Tq, Tk))  # True = masked
     p = np.empty(lead + (Tq, Tk), dtype=q.dtype)  # (..., Tq, Tk)
     out = np.empty(lead + (Tq, v.shape[-1]), dtype=q.dtype)  # (..., Tq, Dv)
@@ -178,70 +147,21 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, rng=None, training=True
         """Steps 1–3 (and 5 without dropout) for the matrices q[i], k[i], v[i]."""
         s = p[i]  # (…, Tq, Tk), filled in place: scores, then probabilities
         # 1. scores
-        _dot_each(q[i], k[i].swapaxes(-1, -2), s)  # (…, Tq, D) @ (…, D, Tk)
+        parallel.matmul_each(q[i], k[i].swapaxes(-1, -2), s)  # (…, Tq, D) @ (…, D, Tk)
         # 2.–3. masked softmax of the scaled scores
-        if kernels:  # the same passes, fused (refsparse/kernels/dense_attention.py)
-            s3 = s.reshape(-1, Tq, Tk)  # (M, Tq, Tk), a view
-            b3 = None if blocked is None else _kernel_mask(blocked[i], s3.shape)
-            K.softmax_rows(s3, b3, scale, cut)  # also 0 at keys j > cut + i
-        else:
-            s *= scale
-            _masked_softmax(s, None if blocked is None else blocked[i])
+        K.masked_softmax(s, None if blocked is None else blocked[i], scale, causal)
         # 5. weighted sum of the values (when step 4 changes nothing)
         if not dropping:
-            _dot_each(s, v[i], out[i])  # (…, Tq, Tk) @ (…, Tk, Dv)
+            parallel.matmul_each(s, v[i], out[i])  # (…, Tq, Tk) @ (…, Tk, Dv)
 
-    # each index of the first leading axis (the batch) is one task on the threads
-    _for_each_matrix(attend, lead)
+    # each index of the first leading axis (the batch) is one task (on threads: fast path)
+    K.for_each_slice(attend, lead)
     # 4. dropout on the probabilities: the whole array at once, so the rng draws in one order
-    p_drop, dcache = _dropout(p, dropout_p, rng, training)  # (..., Tq, Tk)
+    p_drop, dcache = dropout_forward(p, dropout_p, rng, training)  # (..., Tq, Tk)
     if dropping:
         # 5. weighted sum of the values
-        _for_each_matrix(lambda i: _dot_each(p_drop[i], v[i], out[i]), lead)
+        K.for_each_slice(lambda i: parallel.matmul_each(p_drop[i], v[i], out[i]), lead)
     return out, AttentionCache(q, k, v, p, dcache, scale)
-
-
-def _kernel_mask(blocked, shape):
-    """A slice's mask in the layout ``softmax_rows`` reads fast: C-contiguous (Mb, Tq, Tk).
-
-    Mb = 1 when every matrix of the slice shares one mask (a broadcast axis: causal, a
-    padding mask shared by the heads), else Mb = M: a copy of at most the slice's size,
-    never the broadcast expanded M times when it need not be.
-    """
-    b3 = blocked.reshape(shape)  # (M, Tq, Tk), a view unless broadcast axes must merge
-    if b3.strides[0] == 0:
-        b3 = b3[:1]
-    return np.ascontiguousarray(b3)
-
-
-def _masked_softmax(s, blocked):
-    """Steps 2–3 of attention_forward, in place on the scaled scores s (..., Tq, Tk).
-
-    ``blocked`` (broadcastable to s, or None) is True where the query may NOT attend.
-    The NumPy twin of the kernel ``softmax_rows``.
-    """
-    # 2. masked entries leave the softmax: exp(−∞) = 0
-    if blocked is not None:
-        np.copyto(s, -np.inf, where=blocked)
-    # 3. softmax over the allowed keys, stable: subtract the row max
-    m = s.max(axis=-1, keepdims=True, initial=-np.inf)  # (..., Tq, 1); −∞ for an empty row
-    np.copyto(m, 0, where=m == -np.inf)  # an empty row: exp(−∞ − 0) = 0, no NaN from −∞ − (−∞)
-    s -= m
-    p = np.exp(s, out=s)  # (..., Tq, Tk), the row max gives exp(0) = 1
-    denom = p.sum(axis=-1, keepdims=True)  # (..., Tq, 1); >= 1, or 0 for an empty row
-    np.copyto(denom, 1, where=denom == 0)  # an empty row stays 0 / 1 = 0
-    p /= denom
-
-
-def _softmax_grad(dp, p, scale):
-    """Steps 3 and 1 of attention_backward, in place: dp ← ((dp − Σ_j dp_j p_j) ⊙ p) · scale.
-
-    The NumPy twin of the kernel ``softmax_grad``.
-    """
-    row = np.sum(dp * p, axis=-1, keepdims=True)  # (..., Tq, 1)
-    dp -= row
-    dp *= p
-    dp *= scale
 
 
 def _dropout_part(dcache, i):
@@ -263,7 +183,8 @@ def attention_backward(dout, cache):
     The same holds for the entries a causal forward skipped: p = 0 there, so ds = 0 (the
     backward runs over whole matrices: measured here, blocks of rows were slower).
 
-    Derivation: docs/backprop.md, section Attention.
+    Derivation: docs/backprop.md, section Attention. Reference kernel of step 3:
+    [`masked_softmax_grad`][refsparse.kernels.reference.softmax.masked_softmax_grad].
 
     Returns
     -------
@@ -276,30 +197,25 @@ def attention_backward(dout, cache):
     dk = np.empty(k.shape, dtype=q.dtype)  # (..., Tk, D)
     dv = np.empty(v.shape, dtype=q.dtype)  # (..., Tk, Dv)
     ds_all = np.empty(p.shape, dtype=q.dtype)  # (..., Tq, Tk)
-    Tq, Tk = p.shape[-2:]
-    kernels = p.size >= _KERNEL_MIN_SIZE
 
     def attend_backward(i):
         """All five steps for the matrices of slice [i] of the first leading axis."""
         d = dcache if not lead else _dropout_part(dcache, i)
         # 5. out = p̃ v
-        p_drop = _dropout_grad(p[i], d)  # p̃ again: dropout is elementwise, the same mask
-        _dot_each(p_drop.swapaxes(-1, -2), dout[i], dv[i])  # (…, Tk, Tq) @ (…, Tq, Dv)
+        p_drop = dropout_backward(p[i], d)  # p̃ again: dropout is elementwise, the same mask
+        parallel.matmul_each(p_drop.swapaxes(-1, -2), dout[i], dv[i])  # (…, Tk, Tq) @ (…, Tq, Dv)
         dp = ds_all[i]
-        _dot_each(dout[i], v[i].swapaxes(-1, -2), dp)  # (…, Tq, Dv) @ (…, Dv, Tk)
+        parallel.matmul_each(dout[i], v[i].swapaxes(-1, -2), dp)  # (…, Tq, Dv) @ (…, Dv, Tk)
         # 4. p̃ = dropout(p)
-        dp = _dropout_grad(dp, d)
+        dp = dropout_backward(dp, d)
         # 3. p = softmax(s): ds = p ⊙ (dp − Σ_j dp_j p_j); 2. masked entries: p = 0 ⇒ ds = 0
         # 1. s = q kᵀ · scale: the scale goes into ds
-        if kernels:  # one fused pass (refsparse/kernels/dense_attention.py)
-            K.softmax_grad(dp.reshape(-1, Tq, Tk), p[i].reshape(-1, Tq, Tk), scale)
-        else:
-            _softmax_grad(dp, p[i], scale)
+        K.masked_softmax_grad(dp, p[i], scale)
         ds = dp
-        _dot_each(ds, k[i], dq[i])  # (…, Tq, Tk) @ (…, Tk, D)
-        _dot_each(ds.swapaxes(-1, -2), q[i], dk[i])  # (…, Tk, Tq) @ (…, Tq, D)
+        parallel.matmul_each(ds, k[i], dq[i])  # (…, Tq, Tk) @ (…, Tk, D)
+        parallel.matmul_each(ds.swapaxes(-1, -2), q[i], dk[i])  # (…, Tk, Tq) @ (…, Tq, D)
 
-    _for_each_matrix(attend_backward, lead)
+    K.for_each_slice(attend_backward, lead)
     return dq, dk, dv
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from .._checks import check_float
 from ._common import check_upstream
 
-__all__ = ["DropoutCache", "dropout_backward", "dropout_forward"]
+__all__ = ["DropoutCache", "check_probability", "dropout_backward", "dropout_forward"]
 
 
 class DropoutCache(NamedTuple):
@@ -32,34 +32,6 @@ def check_probability(name, p):
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"{name}: expected a probability in [0, 1], got {p!r}")
     return float(p)
-
-
-def _dropout(x, p, rng, training):
-    """The math of :func:`dropout_forward` on checked arguments (also used by attention)."""
-    if not training or p == 0.0:
-        return x, DropoutCache(None, 1.0, x.shape, x.dtype)  # identity, rng untouched
-    if p == 1.0:
-        return np.zeros_like(x), DropoutCache(None, 0.0, x.shape, x.dtype)  # all dropped, rng untouched
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            f"rng: expected a numpy.random.Generator (dropout with p={p} at training time), "
-            f"got {type(rng).__name__}"
-        )
-    keep = rng.random(x.shape) >= p  # bool, P(keep) = 1 − p
-    scale = 1.0 / (1.0 - p)
-    y = x * keep  # a bool factor keeps x's dtype
-    y *= scale
-    return y, DropoutCache(keep, scale, x.shape, x.dtype)
-
-
-def _dropout_grad(dy, cache):
-    """The math of :func:`dropout_backward` (also used by attention)."""
-    keep, scale = cache.keep, cache.scale
-    if keep is None:
-        return dy if scale == 1.0 else np.zeros_like(dy)
-    dx = dy * keep
-    dx *= scale
-    return dx
 
 
 def dropout_forward(x, p, rng, training=True):
@@ -87,7 +59,20 @@ def dropout_forward(x, p, rng, training=True):
     """
     check_float("x", x)
     p = check_probability("p", p)
-    return _dropout(x, p, rng, bool(training))
+    if not training or p == 0.0:
+        return x, DropoutCache(None, 1.0, x.shape, x.dtype)  # identity, rng untouched
+    if p == 1.0:
+        return np.zeros_like(x), DropoutCache(None, 0.0, x.shape, x.dtype)  # all dropped, rng untouched
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng: expected a numpy.random.Generator (dropout with p={p} at training time), "
+            f"got {type(rng).__name__}"
+        )
+    keep = rng.random(x.shape) >= p  # bool, P(keep) = 1 − p
+    scale = 1.0 / (1.0 - p)
+    y = x * keep  # a bool factor keeps x's dtype
+    y *= scale
+    return y, DropoutCache(keep, scale, x.shape, x.dtype)
 
 
 def dropout_backward(dy, cache):
@@ -96,4 +81,9 @@ def dropout_backward(dy, cache):
     Derivation: docs/backprop.md, section Dropout.
     """
     check_upstream("dy", dy, cache.shape, cache.dtype)
-    return _dropout_grad(dy, cache)
+    keep, scale = cache.keep, cache.scale
+    if keep is None:
+        return dy if scale == 1.0 else np.zeros_like(dy)
+    dx = dy * keep
+    dx *= scale
+    return dx

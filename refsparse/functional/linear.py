@@ -3,6 +3,10 @@
 Legend: N = number of rows (all leading axes of x flattened), C_in input features,
 C_out output features. The weight is stored (C_out, C_in), as in PyTorch, so that
 state_dicts map one to one.
+
+Kernels: the products are the driver [`refsparse.kernels.parallel`][refsparse.kernels.parallel]'s
+``matmul`` (C = A B) and ``matmul_tn`` (C = Aᵀ B); their reference kernels,
+[`refsparse.kernels.reference.matmul`][refsparse.kernels.reference.matmul], are plain ``@``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._checks import check_float, check_same_dtype, check_shape
-from ..kernels import parallel
+from ..kernels import parallel as K
 from ._common import check_upstream
 
 __all__ = ["LinearCache", "linear_backward", "linear_forward"]
@@ -52,8 +56,7 @@ def linear_forward(x, weight, bias=None):
     check_same_dtype(x=x, weight=weight, bias=bias)
 
     x2 = x.reshape(math.prod(x.shape[:-1]), c_in)  # (N, C_in); a view when x is contiguous
-    # (N, C_out); BLAS reads weight transposed, no copy; big products on every core
-    y2 = parallel.matmul(x2, weight.T, bias=bias)
+    y2 = K.matmul(x2, weight.T, bias)  # y = x @ Wᵀ + b: (N, C_in) @ (C_in, C_out), Wᵀ a view
     y = y2.reshape(*x.shape[:-1], c_out)  # (..., C_out)
     return y, LinearCache(x, weight, bias is not None)
 
@@ -61,8 +64,8 @@ def linear_forward(x, weight, bias=None):
 def linear_backward(dy, cache):
     """Gradients of y = x Wᵀ + b.
 
-        dx = dy W                (..., C_in)
-        dW = dyᵀ x               (C_out, C_in), summed over all N rows
+        dx = dy @ W              (..., C_in)
+        dW = dyᵀ @ x             (C_out, C_in), summed over all N rows
         db = Σ_rows dy           (C_out,), or None when the forward had no bias
 
     Derivation: docs/backprop.md, section Linear.
@@ -77,9 +80,9 @@ def linear_backward(dy, cache):
 
     dy2 = dy.reshape(math.prod(dy.shape[:-1]), c_out)  # (N, C_out)
     x2 = x.reshape(math.prod(x.shape[:-1]), c_in)  # (N, C_in)
-    dx = parallel.matmul(dy2, weight).reshape(x.shape)  # (N, C_in) -> (..., C_in)
-    if has_bias:  # (C_out, N) @ (N, C_in) -> (C_out, C_in), and the column sums of dy (C_out,)
-        dweight, dbias = parallel.matmul_tn(dy2, x2, colsum=True)
+    dx = K.matmul(dy2, weight).reshape(x.shape)  # dx = dy @ W: (N, C_out) @ (C_out, C_in)
+    if has_bias:  # dW = dyᵀ @ x: (C_out, N) @ (N, C_in); db = Σ_rows dy (C_out,), in one pass
+        dweight, dbias = K.matmul_tn(dy2, x2, colsum=True)
     else:
-        dweight, dbias = parallel.matmul_tn(dy2, x2), None  # (C_out, C_in)
+        dweight, dbias = K.matmul_tn(dy2, x2), None  # dW = dyᵀ @ x (C_out, C_in)
     return dx, dweight, dbias

@@ -1,12 +1,21 @@
-"""One Adam / AdamW update as a parallel Numba loop over the parameters' entries.
+"""One Adam / AdamW update: the driver, and the fast kernel (a parallel Numba loop over
+the parameters' entries).
 
-NumPy twin: ``refsparse.optim.Adam._update_numpy`` — the same update written as
-whole-array NumPy operations, line by line as torch's ``_single_tensor_adam``; the tests
-hold the two together BIT FOR BIT, in float32 and float64. They can: every entry goes
-through the same IEEE operations in the same order (no fastmath, no fused multiply-add),
-and each Python scalar is first rounded to the arrays' dtype, as NumPy does with a
-Python float against a float32 array. The kernel exists for speed: the twin makes ~12
-passes over memory with temporaries on one core, this makes one pass on all cores.
+The driver, called by [`Adam`][refsparse.optim.Adam] and [`AdamW`][refsparse.optim.AdamW]:
+
+    update(values, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+           decoupled, step)                       in place on values, exp_avg, exp_avg_sq
+
+runs the path that is switched on ([`kernels.current`][refsparse.kernels.current]): the
+reference, [`kernels.reference.adam`][refsparse.kernels.reference.adam] (whole-array
+NumPy, line by line as torch's ``_single_tensor_adam``), or the fast kernel below — which
+also runs the reference on small parameters (fewer than ``KERNEL_MIN_SIZE`` entries: not
+worth starting threads) and on arrays that are not C-contiguous. The tests hold the two
+paths together BIT FOR BIT, in float32 and float64. They can: every entry goes through the
+same IEEE operations in the same order (no fastmath, no fused multiply-add), and each
+Python scalar is first rounded to the arrays' dtype, as NumPy does with a Python float
+against a float32 array. The kernel exists for speed: the reference makes ~12 passes over
+memory with temporaries on one core, the kernel makes one pass on all cores.
 
 Arrays (one dtype, float32 or float64), flat (n,), C-contiguous:
 
@@ -30,6 +39,33 @@ from __future__ import annotations
 import math
 
 import numba
+
+from .reference import adam as ref
+from .switch import current
+
+__all__ = ["KERNEL_MIN_SIZE", "adam_update", "update"]
+
+# parameters with fewer entries run the reference on the fast path too
+KERNEL_MIN_SIZE = 16384
+
+
+def update(values, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+    """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) update of ``values`` in
+    place, with its moments ``exp_avg`` and ``exp_avg_sq``; ``step`` = t >= 1."""
+    arrays = (values, grad, exp_avg, exp_avg_sq)
+    if (current() == "reference" or values.size < KERNEL_MIN_SIZE
+            or not all(a.flags.c_contiguous for a in arrays)):
+        ref.update(*arrays, lr, beta1, beta2, eps, weight_decay, decoupled, step)
+        return
+    # the same operations in the same order as the reference, bit for bit
+    decay = decoupled and weight_decay != 0
+    bias_correction1 = 1 - beta1 ** float(step)
+    bias_correction2 = 1 - beta2 ** float(step)
+    adam_update(*(a.reshape(-1) for a in arrays),
+                1 - lr * weight_decay if decay else 1.0,
+                weight_decay if (weight_decay != 0 and not decoupled) else 0.0,
+                1 - beta1, beta2, 1 - beta2, -(lr / bias_correction1),
+                bias_correction2**0.5, eps)
 
 
 @numba.njit(parallel=True, cache=True)

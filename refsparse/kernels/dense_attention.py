@@ -1,8 +1,21 @@
-"""The softmax passes of dense attention, as Numba loops over the rows of one slice.
+"""The softmax passes of dense attention: the driver, and the fast kernels (Numba loops
+over the rows of one slice).
 
-NumPy twins: ``refsparse.functional.attention._masked_softmax`` (forward, steps 2–3) and
-``_softmax_grad`` (backward, step 3) — the same formulas as whole-array NumPy passes;
-the tests hold the two together. The kernels exist for speed: the twin walks the
+The driver, called by [`functional.attention`][refsparse.functional.attention]:
+
+    masked_softmax(s, blocked, scale, causal)   in place on s (..., Tq, Tk): steps 2–3
+    masked_softmax_grad(dp, p, scale)           in place on dp (..., Tq, Tk): step 3 back
+    for_each_slice(fn, lead)                    fn(i) for each index i of lead's first axis
+
+runs the path that is switched on ([`kernels.current`][refsparse.kernels.current]):
+the reference, [`kernels.reference.softmax`][refsparse.kernels.reference.softmax]
+(whole-array NumPy, the definition; and a plain loop over the slices), or the kernels
+below (and the slices on the threads of
+[`parallel_for`][refsparse.kernels.parallel.parallel_for]) — which run the reference on
+slices of fewer than ``KERNEL_MIN_SIZE`` scores. The tests hold the two paths together.
+``s`` (and ``dp``, ``p``) must be C-contiguous; ``blocked`` is a bool array broadcastable
+to s, True = may NOT attend, or None; ``causal`` also blocks every key j > query i.
+The kernels exist for speed: the reference walks the
 (…, Tq, Tk) scores ~8 times (scale, mask, max, subtract, exp, sum, divide), these walk
 each row while it sits in cache, and skip the exp of the keys past a causal cut. The
 exponential is :func:`refsparse.kernels.activations.exp_softmax`: ``np.exp`` in float64,
@@ -20,18 +33,18 @@ Arrays (one dtype, float32 or float64):
                             slice) or 1 (one mask for all, e.g. causal); or None (every
                             key allowed)
 
-Forward, row by row (the twin's steps 2–3):
+Forward, row by row (the reference's steps 2–3):
 
     softmax_rows:   s ← s·scale;  s_j ← −∞ where blocked, 0 where j > q0 + i (causal;
                     q0 = the first query's row);  m = max_j s_j;
                     s ← exp(s − m) / Σ_j exp(s_j − m)      (a row with no key: all 0)
 
-Backward (the twin's step 3, with attention's scale folded in):
+Backward (step 3, with attention's scale folded in):
 
     softmax_grad:   ds = ((dp − Σ_j dp_j p_j) ⊙ p) · scale,   in place of dp
 
 The row sums use ``fastmath={"reassoc"}`` (they vectorize only so): they agree with
-NumPy's pairwise sums to a few ulps of the terms, which is all the tests ask.
+the reference's pairwise sums to a few ulps of the terms, which is all the tests ask.
 """
 
 from __future__ import annotations
@@ -39,7 +52,68 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import parallel
 from .activations import exp_softmax
+from .reference import softmax as ref
+from .switch import current
+
+__all__ = ["KERNEL_MIN_SIZE", "for_each_slice", "masked_softmax", "masked_softmax_grad",
+           "softmax_grad", "softmax_rows"]
+
+# slices of fewer scores than this run the reference on the fast path too: as fast there,
+# and it keeps small problems (tests, golden vectors) on the reference code, bit for bit
+KERNEL_MIN_SIZE = 16384
+
+
+def masked_softmax(s, blocked, scale, causal):
+    """In place on the raw scores s (..., Tq, Tk), C-contiguous: each row ← softmax(row ·
+    scale) over its allowed keys (not ``blocked``; with ``causal``, keys j <= i), 0 at the
+    others; a row with no allowed key is all 0."""
+    if current() == "reference" or s.size < KERNEL_MIN_SIZE:
+        ref.masked_softmax(s, blocked, scale, causal)
+        return
+    Tq, Tk = s.shape[-2:]
+    s3 = s.reshape(-1, Tq, Tk)  # (M, Tq, Tk), a view
+    b3 = None if blocked is None else _kernel_mask(np.broadcast_to(blocked, s.shape), s3.shape)
+    softmax_rows(s3, b3, scale, 0 if causal else Tk)  # the causal cut: keys j > 0 + i
+
+
+def masked_softmax_grad(dp, p, scale):
+    """In place on dp (..., Tq, Tk): dp ← ((dp − Σ_j dp_j p_j) ⊙ p) · scale; dp and p
+    C-contiguous."""
+    if current() == "reference" or p.size < KERNEL_MIN_SIZE:
+        ref.masked_softmax_grad(dp, p, scale)
+        return
+    Tq, Tk = p.shape[-2:]
+    softmax_grad(dp.reshape(-1, Tq, Tk), p.reshape(-1, Tq, Tk), scale)
+
+
+def for_each_slice(fn, lead):
+    """Call fn(i) for every index i of the first axis of the leading axes ``lead``; fn(())
+    when there is none. The slices are independent: the result is the same in any order.
+
+    Fast path: the slices run side by side on the threads of
+    [`parallel_for`][refsparse.kernels.parallel.parallel_for] (BLAS products, NumPy
+    element-wise passes and the ``nogil`` kernels below release the GIL; one thread
+    unless BLAS is single-threaded). Reference path: a plain loop.
+    """
+    if len(lead) == 0:
+        fn(())
+    else:
+        parallel.parallel_for(fn, lead[0])
+
+
+def _kernel_mask(blocked, shape):
+    """A slice's mask in the layout ``softmax_rows`` reads fast: C-contiguous (Mb, Tq, Tk).
+
+    Mb = 1 when every matrix of the slice shares one mask (a broadcast axis: causal, a
+    padding mask shared by the heads), else Mb = M: a copy of at most the slice's size,
+    never the broadcast expanded M times when it need not be.
+    """
+    b3 = blocked.reshape(shape)  # (M, Tq, Tk), a view unless broadcast axes must merge
+    if b3.strides[0] == 0:
+        b3 = b3[:1]
+    return np.ascontiguousarray(b3)
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})

@@ -1,10 +1,19 @@
-"""LayerNorm forward and backward as parallel Numba loops over the rows.
+"""LayerNorm forward and backward: the driver, and the fast kernels (parallel Numba loops
+over the rows).
 
-NumPy twin: ``refsparse.functional.layernorm._layernorm_forward_numpy`` and
-``_layernorm_backward_numpy`` — the same formulas as whole-array NumPy passes; the tests
-hold the two together. The kernels exist for speed: the twin makes ~7 passes over the
-(N, C) array on one core (forward) and ~12 (backward); these read each row once, while it
-is in cache, on all cores.
+The driver, called by [`functional.layernorm`][refsparse.functional.layernorm]:
+
+    y, mean, rstd = forward(x, gamma, beta, eps)          x, y (N, C); mean, rstd (N,)
+    dx, dgamma, dbeta = backward(dy, x, gamma, mean, rstd)
+
+runs the path that is switched on ([`kernels.current`][refsparse.kernels.current]):
+the reference, [`kernels.reference.layernorm`][refsparse.kernels.reference.layernorm]
+(whole-array NumPy, the definition), or the fast kernels below — which also run the
+reference on small problems (fewer than ``KERNEL_MIN_SIZE`` entries), where starting the
+threads costs more than they save. The
+tests hold the two paths together. The kernels exist for speed: the reference makes ~7
+passes over the (N, C) array on one core (forward) and ~12 (backward); these read each row
+once, while it is in cache, on all cores.
 
 Arrays (one dtype, float32 or float64, C-contiguous):
 
@@ -34,6 +43,50 @@ from __future__ import annotations
 import math
 
 import numba
+import numpy as np
+
+from .reference import layernorm as ref
+from .switch import current
+
+__all__ = ["KERNEL_MIN_SIZE", "backward", "forward", "layernorm_bwd", "layernorm_fwd"]
+
+# below this many entries the reference runs on the fast path too: as fast there, and it
+# keeps small problems (tests, golden vectors) on the reference code
+KERNEL_MIN_SIZE = 16384
+# the backward kernel sums dγ and dβ over this many chunks of rows (then over the chunks)
+_CHUNKS = 64
+
+
+def forward(x, gamma, beta, eps):
+    """LayerNorm of the rows of x (N, C): returns y (N, C), mean (N,), rstd (N,).
+
+    x may be any (N, C) array (a copy is made if it is not C-contiguous); eps a Python
+    float, so that float32 stays float32.
+    """
+    N, C = x.shape
+    if current() == "reference" or x.size < KERNEL_MIN_SIZE or C == 0:
+        return ref.forward(x, gamma, beta, eps)
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)  # (N, C)
+    mean = np.empty(N, dtype=x.dtype)  # (N,)
+    rstd = np.empty(N, dtype=x.dtype)  # (N,)
+    layernorm_fwd(x, gamma, beta, eps, y, mean, rstd)
+    return y, mean, rstd
+
+
+def backward(dy, x, gamma, mean, rstd):
+    """Gradients of LayerNorm: dx (N, C), dgamma (C,), dbeta (C,)."""
+    N, C = x.shape
+    if current() == "reference" or x.size < KERNEL_MIN_SIZE or C == 0:
+        return ref.backward(dy, x, gamma, mean, rstd)
+    x = np.ascontiguousarray(x)
+    dy = np.ascontiguousarray(dy)
+    P = min(N, _CHUNKS)
+    dx = np.empty_like(x)  # (N, C)
+    dgamma_part = np.empty((P, C), dtype=x.dtype)  # (P, C)
+    dbeta_part = np.empty((P, C), dtype=x.dtype)  # (P, C)
+    layernorm_bwd(dy, x, gamma, mean, rstd, dx, dgamma_part, dbeta_part)
+    return dx, dgamma_part.sum(axis=0), dbeta_part.sum(axis=0)
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"reassoc"})
