@@ -273,3 +273,25 @@ def test_prepare_pattern_holds_the_transpose():
     t = P.local(9, 3).T.tocsr()
     np.testing.assert_array_equal(pp.t_indptr[0, 0], t.indptr)
     np.testing.assert_array_equal(pp.t_indices, t.indices)
+
+
+def test_pattern_cache_keys_on_identity_and_lets_go():
+    import gc
+
+    from refsparse.kernels.pattern_cache import PatternCache
+
+    cache, built = PatternCache(), []
+    a, b = np.arange(5), np.arange(5)  # equal values, two arrays
+    build = lambda tag: lambda: built.append(tag) or tag  # noqa: E731
+    assert cache.get((a,), 1, build("a")) == "a"
+    assert cache.get((a,), 1, build("again")) == "a"  # the same array: built once
+    assert cache.get((b,), 1, build("b")) == "b"  # equal values are not the same pattern
+    assert cache.get((a,), 2, build("a2")) == "a2"  # another extra key
+    assert built == ["a", "b", "a2"] and len(cache) == 3
+    del a
+    gc.collect()
+    assert len(cache) == 1  # a's entries left with it
+    small = PatternCache(size=1)
+    small.get((b,), 1, build("x"))
+    small.get((b,), 2, build("y"))
+    assert len(small) == 1 and small.get((b,), 2, build("z")) == "y"

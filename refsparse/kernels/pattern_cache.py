@@ -12,7 +12,10 @@ the product; so each driver keeps them here, keyed by the *identity* of the inde
 - the cache holds the index arrays only through weak references, so it never keeps a
   pattern alive, and an entry leaves the cache when its arrays are freed (an id is never
   reused while its entry is here);
-- at most ``size`` entries stay (the oldest go first), whatever the callers keep alive.
+- with ``size`` given, at most that many entries stay (the oldest go first). The drivers
+  give none: a bound smaller than the number of live patterns (a model's sparse layers
+  times the block counts each is run with) would rebuild entries on every step, and
+  entries already leave with their arrays, as the attributes this cache replaced did.
 
 Index arrays are treated as immutable, as everywhere in refsparse: writing into them in
 place is not seen. Nothing is set on the caller's objects.
@@ -30,8 +33,8 @@ class PatternCache:
     """``cache.get(arrays, extra, build)``: ``build()``, remembered for the identity of
     each array of ``arrays`` (a tuple of ndarrays) and the hashable ``extra``."""
 
-    def __init__(self, size=64):
-        self.size = int(size)
+    def __init__(self, size=None):
+        self.size = None if size is None else int(size)
         self._entries = {}  # key -> (weak refs to arrays, value), oldest first
         self._lock = threading.RLock()  # reentrant: a freed array's callback may run while it is held
 
@@ -47,7 +50,7 @@ class PatternCache:
         with self._lock:
             self._entries.pop(key, None)
             self._entries[key] = (refs, value)
-            while len(self._entries) > self.size:
+            while self.size is not None and len(self._entries) > self.size:
                 del self._entries[next(iter(self._entries))]
         return value
 
