@@ -44,6 +44,8 @@ import re
 import numpy as np
 import scipy.sparse as sp
 
+from . import csr
+
 __all__ = [
     "full",
     "causal",
@@ -199,12 +201,7 @@ def _from_ranges(t_q, t_k, start, stop):
 
 def _rows_of(p):
     """The row of every stored entry, int64 (nnz,)."""
-    return _entry_rows(p.indptr)
-
-
-def _entry_rows(indptr):
-    """The row of every entry of a CSR structure given by its row pointers, int64 (nnz,)."""
-    return np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
+    return csr.entry_rows(p.indptr)
 
 
 def _keys(p):
@@ -990,12 +987,6 @@ def transpose_structure(p):
     """:func:`transpose_with_map` for any canonical CSR array (a pattern or a sparse weight,
     whatever its values): ``(indptr_t, indices_t, perm)`` in p's index dtype. Only indices
     are built; values aligned with p are read through ``perm``. Unchecked: p must be
-    canonical (sorted indices, no duplicates)."""
-    t_k = p.shape[1]
-    dt = p.indices.dtype
-    # a stable sort by column keeps the row-major order, i.e. increasing rows, within a column
-    perm = np.argsort(p.indices, kind="stable")  # (nnz,)
-    indices_t = _rows_of(p)[perm]  # (nnz,) the query of each transposed entry
-    indptr_t = np.zeros(t_k + 1, dtype=np.int64)  # (Tk + 1,)
-    np.cumsum(np.bincount(p.indices, minlength=t_k), out=indptr_t[1:])
-    return indptr_t.astype(dt), indices_t.astype(dt), perm.astype(dt)
+    canonical (sorted indices, no duplicates). The same as
+    `refsparse.csr.transpose_structure` on p's arrays."""
+    return csr.transpose_structure(p.indptr, p.indices, p.shape[1])

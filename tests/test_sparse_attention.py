@@ -25,7 +25,14 @@ from refsparse.functional.sparse_attention import (
 )
 from refsparse.gradcheck import check_op
 from refsparse.kernels.simd import CACHE_LINE, VECTOR_BYTES, vlanes
-from refsparse.kernels.sparse_attention import new_slabs, new_work
+from refsparse import kernels
+from refsparse.kernels.sparse_attention import new_slabs, new_work, segments
+
+
+def runs(pp):
+    """The fast kernels' shared runs of a prepared pattern, rows then keys:
+    (seg_start, seg_len, t_seg_start, t_seg_len)."""
+    return segments(pp.indptr, pp.indices) + segments(pp.t_indptr, pp.t_indices)
 
 
 def lanes(dtype):
@@ -177,10 +184,11 @@ def test_fast_path_and_general_path_equal_dense_twin(t_q, t_k, dtype, tol, D, Dv
         holed[5] = False  # an empty row inside a group: that group has no shared run
         pattern = [pat, rand, sp.csr_array(holed)]
         pp = prepare_pattern(pattern)
-        assert pp.seg_len[0, 0].sum() > 0 and pp.t_seg_len[0, 0].sum() > 0, name  # fast path used
-        assert pp.seg_len[0, 2, 1] == 0, name  # the group with the empty row 5
+        seg_start, seg_len, _, t_seg_len = runs(pp)
+        assert seg_len[0, 0].sum() > 0 and t_seg_len[0, 0].sum() > 0, name  # fast path used
+        assert seg_len[0, 2, 1] == 0, name  # the group with the empty row 5
         if name in ("local", "fixed"):  # consecutive runs take the tile; fixed's scattered columns do not
-            tiles, pairs = _run_kinds(pp.indices, pp.seg_start[0, 0], pp.seg_len[0, 0])
+            tiles, pairs = _run_kinds(pp.indices, seg_start[0, 0], seg_len[0, 0])
             assert tiles > 0 and (pairs > 0) == (name == "fixed"), (name, tiles, pairs)
         out, cache = sparse_attention_forward(q, k, v, pp)
         out_d, cache_d = F.attention_forward(q, k, v, dense_mask(pattern, B, H))
@@ -211,7 +219,7 @@ def test_long_runs_take_several_register_tiles(dtype, tol, D, Dv):
     v = rng.standard_normal((B, H, T, Dv)).astype(dtype)
     pattern = [P.local(T, 2 * L + 8), P.local(T, 2 * L + 1, causal=False)]
     pp = prepare_pattern(pattern)
-    assert pp.seg_len.max() > 2 * L
+    assert runs(pp)[1].max() > 2 * L
     assert (T + G - 1) // G % KB != 0  # a partial last block of groups
     out, cache = sparse_attention_forward(q, k, v, pp)
     out_d, cache_d = F.attention_forward(q, k, v, dense_mask([pattern], B, H))
@@ -239,7 +247,8 @@ def test_register_tiles_of_64_byte_vectors_too():
             os.path.join(tests, "test_sparse_attention.py"), os.path.join(tests, "test_simd.py"),
             os.path.join(tests, "test_sparse_linear.py"),
             "-k", "fast_path or long_runs or test_simd or twin"]
-    run = subprocess.run(args, env=dict(os.environ, **HASWELL), capture_output=True, text=True, timeout=900,
+    env = dict(os.environ, **HASWELL, REFSPARSE_KERNELS="fast")  # the vectors are the fast path's
+    run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900,
                          check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
@@ -255,7 +264,7 @@ def test_chunks_of_equal_work(NC):
 
     T, H = 509, 2
     pp = prepare_pattern([P.strided(T, 16), P.local(T, 40)])
-    NB = (pp.seg_len.shape[2] + KB - 1) // KB
+    NB = (runs(pp)[1].shape[2] + KB - 1) // KB
     work = []  # per task, as the docstring defines it
     for h in range(H):
         ip = pp.indptr[0, h]
@@ -286,7 +295,7 @@ def test_same_numbers_on_one_thread_and_on_all():
     q, k, v, dout = (rng.standard_normal((B, H, T, D)) for _ in range(4))
     pattern = [P.local(T, 9), random_pattern(rng, T, T, 0.3), P.strided(T, 6)]
     pp = prepare_pattern(pattern)
-    NB = (pp.t_seg_len.shape[2] + KB - 1) // KB  # blocks of keys per head
+    NB = (runs(pp)[3].shape[2] + KB - 1) // KB  # blocks of keys per head
     bounds = _balanced_chunks(pp.t_indptr, 0, H, H, NB, 2)  # with 2 chunks (the 2-thread case)
     assert any(b % NB for b in bounds[1:-1]), (bounds, NB)  # a cut inside a head
 
@@ -326,8 +335,9 @@ def test_shared_segments_kernel_equals_its_numpy_twin(t_q, t_k, seed, kind):
             row.append(P.as_pattern(dense))
         grid.append(row)
     pp = prepare_pattern(grid)
-    for ip, idx, start, length in [(pp.indptr, pp.indices, pp.seg_start, pp.seg_len),
-                                   (pp.t_indptr, pp.t_indices, pp.t_seg_start, pp.t_seg_len)]:
+    seg_start, seg_len, t_seg_start, t_seg_len = runs(pp)
+    for ip, idx, start, length in [(pp.indptr, pp.indices, seg_start, seg_len),
+                                   (pp.t_indptr, pp.t_indices, t_seg_start, t_seg_len)]:
         twin_start, twin_length = shared_segments_numpy(ip, idx)
         np.testing.assert_array_equal(length, twin_length)
         np.testing.assert_array_equal(start, twin_start)
@@ -339,7 +349,8 @@ def test_shared_segments_of_a_causal_window():
 
     w, t = 6, 22
     pp = prepare_pattern(P.local(t, w))
-    start, length = pp.seg_start[0, 0], pp.seg_len[0, 0]  # (6, 4), (6,)
+    seg_start, seg_len = runs(pp)[:2]
+    start, length = seg_start[0, 0], seg_len[0, 0]  # (6, 4), (6,)
     assert length.shape == (6,)  # ceil(22 / 4) groups; the last has 2 rows
     for g in range(5):
         i0 = 4 * g
@@ -414,8 +425,9 @@ def test_outputs_and_scratch_start_on_a_cache_line():
     rng = np.random.default_rng(6)
     for dtype, T in ((np.float32, 37), (np.float64, 50)):
         q, k, v = (rng.standard_normal((1, 2, T, 8)).astype(dtype) for _ in range(3))
-        out, cache = sparse_attention_forward(q, k, v, P.local(T, 5))
-        grads = sparse_attention_backward(np.ones_like(out), cache)
+        with kernels.use("fast"):
+            out, cache = sparse_attention_forward(q, k, v, P.local(T, 5))
+            grads = sparse_attention_backward(np.ones_like(out), cache)
         for a in (cache.out, cache.lse) + tuple(g.transpose(0, 2, 1, 3) for g in grads):
             assert a.ctypes.data % CACHE_LINE == 0
         line = CACHE_LINE // np.dtype(dtype).itemsize

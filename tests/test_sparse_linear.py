@@ -19,7 +19,8 @@ import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-import refsparse.functional.sparse_linear as SL
+import refsparse.kernels.spmm as SL  # the fast path's driver: its tiles, chunks, blocks and caches
+from refsparse import kernels
 from refsparse.functional.linear import linear_backward, linear_forward
 from refsparse.functional.sparse_linear import (
     check_sparse_weight,
@@ -150,7 +151,7 @@ def test_float32_close_to_twin_and_stays_float32(problem):
 
 @given(problems(max_n=200, max_features=70))
 def test_chunked_rows_of_w_equal_twin(problem):
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, kernels.use("fast"):
         mp.setattr(SL, "CHUNK_BYTES", 1)  # the minimum chunk, 8 rows: up to 9 chunks of outputs / inputs
         check_against_twin(*problem, np.float64)
 
@@ -160,7 +161,7 @@ def test_chunked_rows_of_w_equal_twin(problem):
 def test_backward_by_pairs_of_vectors_or_single_ones_equals_twin(pair_min, problem):
     """The backward's tile walked two vectors at a time (with a single one left over in
     small tiles of an odd number of vectors) or one at a time: both are the twin."""
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, kernels.use("fast"):
         mp.setattr(SL, "PAIR_MIN_ENTRIES", pair_min)
         check_against_twin(*problem, np.float64)
 
@@ -180,7 +181,7 @@ def test_blocked_forward_and_backward_equal_twin(problem):
     """The forward with W's rows split at every column block it can get, and the backward
     with Wᵀ's rows split at every output block (blocks of as few as one feature, empty
     blocks and empty rows included), are still the twin."""
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, kernels.use("fast"):
         mp.setattr(SL, "BLOCK_BYTES", 1)  # as many blocks as columns …
         mp.setattr(SL, "MIN_BLOCK_ENTRIES", 0)  # … whatever the rows hold
         mp.setattr(SL, "CHUNK_BYTES", 1)
@@ -190,7 +191,7 @@ def test_blocked_forward_and_backward_equal_twin(problem):
 def test_column_blocks_follow_the_tile_and_the_rows():
     rng = np.random.default_rng(5)
     w = csr_from_mask(rng.random((64, 512)) < 0.5, rng.standard_normal((64, 512)))  # ~256 per row
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, kernels.use("fast"):
         mp.setattr(SL, "BLOCK_BYTES", 32 * 1024)
         mp.setattr(SL, "MIN_BLOCK_ENTRIES", 16)
         assert SL.column_blocks(w, 64, np.float32) == 4  # 512 · 64 · 4 bytes = 4 blocks of 32 KB
@@ -204,7 +205,7 @@ def test_column_blocks_follow_the_tile_and_the_rows():
 def test_output_blocks_follow_the_tile_and_the_columns():
     rng = np.random.default_rng(5)
     w = csr_from_mask(rng.random((512, 64)) < 0.5, rng.standard_normal((512, 64)))  # ~256 per column
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, kernels.use("fast"):
         mp.setattr(SL, "BLOCK_BYTES", 32 * 1024)
         mp.setattr(SL, "MIN_BLOCK_ENTRIES", 16)
         assert SL.output_blocks(w, 64, np.float32) == 4  # 512 outputs · 64 · 4 bytes = 4 blocks of 32 KB
@@ -239,8 +240,9 @@ def test_backward_numbers_do_not_depend_on_the_output_blocks():
     w = csr_from_mask(rng.random((300, 70)) < 0.3, rng.standard_normal((300, 70)).astype(np.float32))
     x = rng.standard_normal((200, 70)).astype(np.float32)
     dy = rng.standard_normal((200, 300)).astype(np.float32)
-    _, cache = sparse_linear_forward(x, w, None)
-    with pytest.MonkeyPatch.context() as mp:
+    with kernels.use("fast"):
+        _, cache = sparse_linear_forward(x, w, None)
+    with pytest.MonkeyPatch.context() as mp, kernels.use("fast"):
         mp.setattr(SL, "BLOCK_BYTES", 1 << 40)  # one block
         one = sparse_linear_backward(dy, cache)
         mp.setattr(SL, "BLOCK_BYTES", 1)  # as many as the columns afford
@@ -296,6 +298,28 @@ def test_transpose_structure_is_scipys_transpose_with_a_map_into_w():
     assert SL._transpose(w)[0] is t_indptr  # built once per pattern
 
 
+def test_the_driver_sets_nothing_on_the_weight():
+    """What the fast path derives from W's pattern (transpose, block pointers) is kept in
+    the driver's own cache, keyed by the index arrays: nothing is set on the caller's CSR
+    array, and the cache lets go of a pattern whose arrays are gone."""
+    import gc
+
+    rng = np.random.default_rng(12)
+    w = csr_from_mask(rng.random((30, 40)) < 0.2, rng.standard_normal((30, 40)))
+    before = dict(vars(w))
+    with kernels.use("fast"):
+        _, cache = sparse_linear_forward(rng.standard_normal((5, 40)), w)
+        sparse_linear_backward(rng.standard_normal((5, 30)), cache)
+    added = set(vars(w)) - set(before)
+    assert all(k in ("_has_sorted_indices", "_has_canonical_format") for k in added), added  # scipy's own flags
+    assert all(vars(w)[k] is before[k] for k in before)
+    key = (id(w.indptr), id(w.indices))
+    assert sum(k[:2] == key for k in list(SL._patterns._entries)) == 3  # transpose, blocks, blocks of Wᵀ
+    del w, cache, before
+    gc.collect()
+    assert not any(k[:2] == key for k in list(SL._patterns._entries))
+
+
 def test_a_new_pattern_gets_a_new_transpose():
     """The cached transpose belongs to the pattern arrays: when the same CSR object is
     given new indptr/indices, the dX that follows uses the new pattern."""
@@ -334,8 +358,9 @@ def test_outputs_start_on_a_cache_line():
     rng = np.random.default_rng(5)
     w = csr_from_mask(rng.random((24, 40)) < 0.3, rng.standard_normal((24, 40)))
     for dtype in (np.float32, np.float64):
-        y, cache = sparse_linear_forward(rng.standard_normal((70, 40)).astype(dtype), w.astype(dtype), None)
-        dx, _, _ = sparse_linear_backward(rng.standard_normal((70, 24)).astype(dtype), cache)
+        with kernels.use("fast"):
+            y, cache = sparse_linear_forward(rng.standard_normal((70, 40)).astype(dtype), w.astype(dtype), None)
+            dx, _, _ = sparse_linear_backward(rng.standard_normal((70, 24)).astype(dtype), cache)
         assert y.ctypes.data % CACHE_LINE == 0 and dx.ctypes.data % CACHE_LINE == 0
 
 
@@ -348,7 +373,7 @@ def test_streamed_outputs_equal_twin(dtype, n, c_out, c_in):
     rng = np.random.default_rng(n + c_out + c_in)
     w = csr_from_mask(rng.random((c_out, c_in)) < 0.3, rng.standard_normal((c_out, c_in)))
     x, dy = rng.standard_normal((n, c_in)), rng.standard_normal((n, c_out))
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, kernels.use("fast"):
         mp.setattr(SL, "STREAM_BYTES", 0)
         check_against_twin(x, w, rng.standard_normal(c_out), dy, dtype)
 

@@ -14,7 +14,10 @@ backward recomputes p_ij from it (FlashAttention's trade of flops for memory):
     dv_j = Σ_i p_ij dO_i,  ds_ij = p_ij (dO_i · v_j − dO_i · O_i),
     dq_i = Σ_j ds_ij k_j / √D,  dk_j = Σ_i ds_ij q_i / √D.
 
-Derivation: docs/sparse-attention.md. Kernels: refsparse/kernels/sparse_attention.py.
+Derivation: docs/sparse-attention.md. Reference kernel (these steps as plain loops over
+each CSR row, and the backward over the transposed pattern, one screen):
+refsparse/kernels/reference/sparse_attention.py. Fast kernels and the driver that picks
+the path, scratch and slabs: refsparse/kernels/sparse_attention.py.
 
 A *pattern* is a ``scipy.sparse`` CSR boolean array (Tq, Tk) shared by every (batch, head);
 or a list of H of them (one per head); or a list of B lists of 1 or H (per batch element,
@@ -31,14 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._checks import check_float, check_same_dtype, check_shape
-from ..kernels.buffers import aligned_empty
-from ..kernels.sparse_attention import (
-    new_slabs,
-    new_work,
-    shared_segments,
-    sparse_attention_bwd,
-    sparse_attention_fwd,
-)
+from ..kernels import sparse_attention as kernel
 from ..patterns import check_pattern
 from ._common import check_upstream
 
@@ -47,8 +43,9 @@ __all__ = ["PreparedPattern", "SparseAttentionCache", "prepare_pattern",
 
 
 class PreparedPattern(NamedTuple):
-    """A pattern in the kernels' layout, with its transpose and the shared key runs of each
-    group of 4 rows (see refsparse/kernels/sparse_attention.py); build with prepare_pattern.
+    """A pattern in the kernels' layout, with its transpose; build with prepare_pattern.
+    (What the fast kernels derive from it once, the shared key runs of each group of rows,
+    their driver keeps: refsparse/kernels/sparse_attention.py.)
     """
 
     shape: tuple  # (Tq, Tk)
@@ -56,11 +53,7 @@ class PreparedPattern(NamedTuple):
     indices: np.ndarray  # (nnz_all,) int32 key ids
     t_indptr: np.ndarray  # (PB, PH, Tk+1) int64, the transposed patterns
     t_indices: np.ndarray  # (nnz_all,) int32 query ids
-    seg_start: np.ndarray  # (PB, PH, ceil(Tq/4), 4) int64, the shared run of each group of rows
-    seg_len: np.ndarray  # (PB, PH, ceil(Tq/4)) int64
-    t_seg_start: np.ndarray  # (PB, PH, ceil(Tk/4), 4) int64, the same for groups of keys
-    t_seg_len: np.ndarray  # (PB, PH, ceil(Tk/4)) int64
-    width: int  # the longest row or column: the kernels' scratch width
+    width: int  # the longest row or column
 
     @property
     def groups(self):
@@ -95,8 +88,8 @@ def _as_grid(pattern):
 def prepare_pattern(pattern):
     """Turn a pattern (CSR, per-head list, per-batch list of lists) into the kernels' layout.
 
-    Builds each pattern's transpose once (for the backward) and the shared key runs of
-    each group of 4 rows and of 4 columns (the kernels' fast path). O(nnz) time and memory.
+    Builds each pattern's transpose once (for the backward: dK and dV are sums over a
+    key's column). O(nnz) time and memory.
     Every pattern must be a bool sparse array with every stored value True — stored ⇔
     allowed, as the dense twin reads it; a float array (whose stored 0.0 the kernels would
     attend) raises TypeError and a stored False ValueError (refsparse.patterns.as_pattern
@@ -135,11 +128,8 @@ def prepare_pattern(pattern):
             offset += n
     indices = np.concatenate(parts) if parts else np.empty(0, np.int32)
     t_indices = np.concatenate(t_parts) if t_parts else np.empty(0, np.int32)
-    seg_start, seg_len = shared_segments(indptr, indices)
-    t_seg_start, t_seg_len = shared_segments(t_indptr, t_indices)
     width = max(int(np.diff(indptr, axis=2).max(initial=0)), int(np.diff(t_indptr, axis=2).max(initial=0)))
-    return PreparedPattern(shape, indptr, indices, t_indptr, t_indices, seg_start, seg_len,
-                           t_seg_start, t_seg_len, width)
+    return PreparedPattern(shape, indptr, indices, t_indptr, t_indices, width)
 
 
 class SparseAttentionCache(NamedTuple):
@@ -198,13 +188,7 @@ def sparse_attention_forward(q, k, v, pattern):
     dtype = q.dtype
     scale = dtype.type(1.0 / math.sqrt(D)) if D > 0 else dtype.type(1.0)
     qt, kt, vt = _to_kernel_layout(q), _to_kernel_layout(k), _to_kernel_layout(v)  # (B, T, H, D)
-    out = aligned_empty((B, Tq, H, v.shape[3]), dtype)  # (B, Tq, H, Dv)
-    lse = aligned_empty((B, H, Tq), dtype)
-    work = new_work(pp.width, dtype)  # (n_threads, 2, KB·G, width + L) scratch rows of scores
-    # one slab of heads' keys and values, and the keys transposed
-    ks, vs, ks_t, vs_t = new_slabs(B * H, Tk, (D, v.shape[3]), dtype, transposed=(True, False))
-    sparse_attention_fwd(qt, kt, vt, pp.indptr, pp.indices, pp.seg_start, pp.seg_len, scale, out, lse, work,
-                         ks, vs, ks_t, vs_t)
+    out, lse = kernel.forward(qt, kt, vt, pp, scale)  # (B, Tq, H, Dv), (B, H, Tq)
     cache = SparseAttentionCache(qt, kt, vt, out, lse, pp, scale)
     return out.transpose(0, 2, 1, 3), cache  # (B, H, Tq, Dv) view
 
@@ -212,11 +196,9 @@ def sparse_attention_forward(q, k, v, pattern):
 def sparse_attention_backward(dout, cache):
     """Gradients (dq, dk, dv) of sparse attention, each shaped like its input (B, H, T, ·).
 
-    One kernel, row-parallel over keys through the transposed pattern: per key j it
-    recomputes p_ij and ds_ij for the queries i that attend to j, writes dk_j and dv_j, and
-    adds ds_ij k_j into the partial dq_i of its chunk of tasks (one chunk per thread); dq is
-    the sum of the partials (and delta_i = dO_i · O_i is computed with the copies of dO).
-    A query row with no entry has zero dq and contributes nothing to dk and dv.
+    p_ij is recomputed from lse; dv_j and dk_j are sums over key j's column, so they are
+    taken over the transposed pattern, and dq_i over row i. A query row with no entry has
+    zero dq and contributes nothing to dk and dv.
 
     Derivation: docs/sparse-attention.md (and docs/backprop.md, section Attention).
     """
@@ -224,16 +206,6 @@ def sparse_attention_backward(dout, cache):
     B, Tq, H, D = q.shape
     check_upstream("dout", dout, (B, H, Tq, v.shape[3]), q.dtype)
     dO = _to_kernel_layout(dout)  # (B, Tq, H, Dv)
-    dq = aligned_empty(q.shape, q.dtype)  # (B, Tq, H, D)
-    dk = aligned_empty(k.shape, k.dtype)
-    dv = aligned_empty(v.shape, v.dtype)
-    delta = aligned_empty((B, H, Tq), q.dtype)
-    work = new_work(pp.width, q.dtype)  # (n_threads, 2, KB·G, width + L) scratch rows
-    Dv = v.shape[3]
-    # one slab of heads' queries and output gradients, as rows and transposed, and the
-    # chunks' partial dQ rows
-    qs, dos, qs_t, dos_t, dqp = new_slabs(B * H, Tq, (D, Dv), q.dtype, transposed=(True, True), partials=D)
-    sparse_attention_bwd(q, k, v, out, dO, lse, pp.t_indptr, pp.t_indices, pp.t_seg_start, pp.t_seg_len, scale,
-                         dq, dk, dv, delta, work, qs, dos, qs_t, dos_t, dqp)
+    dq, dk, dv = kernel.backward(dO, q, k, v, out, lse, pp, scale)  # (B, T, H, D|Dv) each
     t = (0, 2, 1, 3)
     return dq.transpose(t), dk.transpose(t), dv.transpose(t)

@@ -43,6 +43,14 @@ the oldest is forgotten and freed when its user drops it.
 
 Numbers never depend on where the memory came from: every kernel writes every element of
 its outputs before anyone reads them, and its scratch before it reads it.
+
+**What it gives end to end** (the bar for keeping it: 5% of a training step). One AdamW
+step of a decoder-only LM — 4 layers, d_model 256, 4 heads, d_ff 1024, T 256, batch 16,
+weights 90% sparse, causal local attention of window 32, float32 — timed with the
+recycler on and off in 15 interleaved pairs in one process (each timed step after one
+untimed step in the same setting): median 9.05 s on, 10.16 s off (1.12×), median of the
+paired ratios 1.22×. Measured on a 2-core AMD EPYC shared with other jobs (load average
+about 10), hence the slow steps: the ratio is rough, but well above the bar.
 """
 
 from __future__ import annotations

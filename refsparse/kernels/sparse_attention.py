@@ -84,8 +84,18 @@ Measured at T = 4096, window 128, 8 heads of 64, float32, forward + backward on 
 against 124 and 155 ms with the scalar loops of the previous version. See
 docs/sparse-attention.md, "Where the time goes".
 
-NumPy twin: ``refsparse.functional.attention_forward`` / ``attention_backward`` with the
-dense boolean mask ``pattern.toarray()`` — the tests hold these kernels to it.
+**Driver.** `forward` and `backward` at the end of this file are what
+`refsparse.functional.sparse_attention` calls: each asks
+`refsparse.kernels.switch.current` and runs the reference
+(`refsparse.kernels.reference.sparse_attention`: the three steps over each CSR row,
+the backward over the transposed pattern — the definition) or the kernels here, for which
+it allocates the outputs, the scratch rows and the slabs, and finds each pattern's shared
+runs once (`segments`, kept in a cache of its own keyed by the identity of the
+pattern's index arrays).
+
+Reference: `refsparse.kernels.reference.sparse_attention`; the tests hold these
+kernels to it, and both to the NumPy twin ``refsparse.functional.attention_forward`` /
+``attention_backward`` with the dense boolean mask ``pattern.toarray()``.
 
 Cost: forward 2·nnz·D multiply-adds and one exp per entry; backward 5·nnz·D multiply-adds
 and one exp per entry (scores recomputed from ``lse``, as FlashAttention does), plus a copy
@@ -102,8 +112,13 @@ import numpy as np
 
 from .activations import exp_softmax
 from .buffers import aligned_empty
+from .pattern_cache import PatternCache
+from .reference import sparse_attention as reference
 from .simd import CACHE_LINE, VECTOR_BYTES, vfma, vlanes, vload, vsplat, vstore
 from .spmm import store_tile_t
+from .switch import current
+
+__all__ = ["backward", "forward", "segments"]
 
 G = 4  # rows per group (the fast path's register blocking)
 KB = 8  # groups per task, their tiles in lockstep (see _block_dots)
@@ -121,7 +136,7 @@ def shared_segments(indptr, indices):
     Returns seg_start (PB, PH, n_groups, G) int64, seg_len (PB, PH, n_groups) int64, with
     n_groups = ceil(T / G). Where seg_len is 0, seg_start holds each row's first offset.
 
-    A G-way merge of the sorted rows: O(nnz) per pattern, run once by prepare_pattern.
+    A G-way merge of the sorted rows: O(nnz) per pattern, run once per pattern by `segments`.
     Ties go to the first (lowest-key) longest run. NumPy twin: :func:`shared_segments_numpy`.
     """
     PB, PH, T1 = indptr.shape
@@ -926,3 +941,65 @@ def new_slabs(n_heads, length, widths, dtype, transposed, partials=0):
     if partials:
         return rows + cols + (aligned_empty((n_threads, sh, int(length), int(partials)), dtype),)
     return rows + cols
+
+
+# ----------------------------------------------------------------------------------
+# the driver: path, outputs, scratch and per-pattern data
+# ----------------------------------------------------------------------------------
+_patterns = PatternCache()
+
+
+def segments(indptr, indices):
+    """`shared_segments` of a pattern, ``(seg_start, seg_len)``, built once per
+    pattern: kept in the driver's cache, keyed by the identity of the two arrays."""
+    return _patterns.get((indptr, indices), "segments", lambda: shared_segments(indptr, indices))
+
+
+def forward(q, k, v, pattern, scale):
+    """Sparse attention's forward on the current path (`refsparse.kernels.switch.current`).
+
+    q (B, Tq, H, D), k (B, Tk, H, D), v (B, Tk, H, Dv): C-contiguous, one dtype.
+    ``pattern``: the pattern arrays of this module's legend, read as attributes
+    ``indptr``, ``indices``, ``t_indptr``, ``t_indices`` and ``width`` (the longest row or
+    column), as `refsparse.functional.sparse_attention.PreparedPattern` holds them.
+    ``scale``: a scalar of q's dtype. Returns out (B, Tq, H, Dv) and lse (B, H, Tq), new
+    arrays (on the fast path, cache-line aligned).
+    """
+    if current() == "reference":
+        return reference.forward(q, k, v, pattern, scale)
+    B, Tq, H, _ = q.shape
+    Tk, Dv, dtype = k.shape[1], v.shape[3], q.dtype
+    seg_start, seg_len = segments(pattern.indptr, pattern.indices)
+    out = aligned_empty((B, Tq, H, Dv), dtype)  # (B, Tq, H, Dv)
+    lse = aligned_empty((B, H, Tq), dtype)
+    work = new_work(pattern.width, dtype)  # (n_threads, 2, KB·G, width + L) scratch rows of scores
+    # one slab of heads' keys and values, and the keys transposed
+    ks, vs, ks_t, vs_t = new_slabs(B * H, Tk, (q.shape[3], Dv), dtype, transposed=(True, False))
+    sparse_attention_fwd(q, k, v, pattern.indptr, pattern.indices, seg_start, seg_len, scale, out, lse, work,
+                         ks, vs, ks_t, vs_t)
+    return out, lse
+
+
+def backward(dout, q, k, v, out, lse, pattern, scale):
+    """(dq, dk, dv) of sparse attention on the current path, in q's, k's and v's layout.
+
+    dout (B, Tq, H, Dv) C-contiguous; q, k, v, pattern, scale as given to `forward`;
+    out and lse as it returned them. The fast path is one kernel over the transposed
+    pattern (`sparse_attention_bwd`).
+    """
+    if current() == "reference":
+        return reference.backward(dout, q, k, v, out, lse, pattern, scale)
+    B, Tq, H, D = q.shape
+    Dv, dtype = v.shape[3], q.dtype
+    t_seg_start, t_seg_len = segments(pattern.t_indptr, pattern.t_indices)
+    dq = aligned_empty(q.shape, dtype)  # (B, Tq, H, D)
+    dk = aligned_empty(k.shape, dtype)
+    dv = aligned_empty(v.shape, dtype)
+    delta = aligned_empty((B, H, Tq), dtype)
+    work = new_work(pattern.width, dtype)  # (n_threads, 2, KB·G, width + L) scratch rows
+    # one slab of heads' queries and output gradients, as rows and transposed, and the
+    # chunks' partial dQ rows
+    qs, dos, qs_t, dos_t, dqp = new_slabs(B * H, Tq, (D, Dv), dtype, transposed=(True, True), partials=D)
+    sparse_attention_bwd(q, k, v, out, dout, lse, pattern.t_indptr, pattern.t_indices, t_seg_start, t_seg_len,
+                         scale, dq, dk, dv, delta, work, qs, dos, qs_t, dos_t, dqp)
+    return dq, dk, dv

@@ -18,7 +18,7 @@ The weight W (C_out, C_in) is a canonical CSR matrix (scipy's names):
 
 and the backward walks Wᵀ (C_in, C_out), whose pattern Tp, Tj and the map ``perm`` from
 its entries to W's (entry k of Wᵀ is entry perm[k] of W) are built once per pattern by
-:func:`refsparse.patterns.transpose_structure`; its values are At = Ax[perm].
+`refsparse.csr.transpose_structure`; its values are At = Ax[perm].
 
 **Why batch tiles.** A stored entry (o, j) couples *column* j of x with *column* o of y.
 With row-major activations a column is strided, and a sparse loop over strided data
@@ -70,8 +70,17 @@ output blocks, each row of Wᵀ split likewise; see :func:`spmm_forward` and
 to TN so that the vector loops always run over TN lanes (padding contributes 0 to the dot
 products and is never written back).
 
-NumPy twin: :func:`refsparse.functional.linear.linear_forward` / ``linear_backward`` with
-the dense masked weight ``W.toarray()`` — the tests hold every kernel here to it.
+**Driver.** `forward` and `backward` at the end of this file are what
+`refsparse.functional.sparse_linear` calls: each asks
+`refsparse.kernels.switch.current` and runs the reference
+(`refsparse.kernels.reference.spmm`, plain loops, the definition) or the kernels
+here, for which it picks the tiles (`tile_rows`), chunks, blocks, scratch, alignment
+and non-temporal stores, and keeps what it derives from W's pattern (Wᵀ's structure, block
+pointers) in a cache of its own keyed by the identity of W's index arrays.
+
+Reference: `refsparse.kernels.reference.spmm`; the tests hold every kernel here to
+it, and both to the NumPy twin `refsparse.functional.linear.linear_forward` /
+``linear_backward`` with the dense masked weight ``W.toarray()``.
 
 Cost, per product: 2 · nnz · N flops, plus O(N · (C_in + C_out)) for the transposes.
 Memory besides inputs and outputs: the scratch buffers, T · TN · (C_in + OB) forward and
@@ -84,7 +93,28 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .simd import tlanes, vfence, vfma, vlanes, vload, vsplat, vstore, vsum, vtranspose, vtranspose_nt
+from ..csr import entry_rows, transpose_structure
+from .buffers import aligned_empty
+from .pattern_cache import PatternCache
+from .reference import spmm as reference
+from .simd import (
+    CACHE_LINE,
+    TRANSPOSE_BYTES,
+    VECTOR_BYTES,
+    tlanes,
+    vfence,
+    vfma,
+    vlanes,
+    vload,
+    vsplat,
+    vstore,
+    vsum,
+    vtranspose,
+    vtranspose_nt,
+)
+from .switch import current
+
+__all__ = ["backward", "forward"]
 
 _FLAGS = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 _SERIAL = dict(cache=True, fastmath={"reassoc", "contract"})
@@ -182,7 +212,7 @@ def spmm_forward(x, Bp, Aj, Ax, bias, y, xt_buf, ot_buf, stream):
                                  row o's entries with XB·b <= j < XB·(b+1) are
                                  Bp[o, b] … Bp[o, b+1]-1, so Bp[:, 0] = Ap[:-1] and
                                  Bp[:, NB] = Ap[1:]; built by
-                                 :func:`refsparse.functional.sparse_linear.row_block_pointers`)
+                                 `row_block_pointers`)
         Aj [nnz], Ax [nnz]       W (C_out, C_in), canonical CSR
         bias    (C_out,)         added to every row (zeros for none)
         y       (N, C_out)       output, every element written
@@ -252,8 +282,8 @@ def spmm_backward(dy, x, Bp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
         Bp       (C_in, NB+1)     Wᵀ's row pointers split at NB output blocks of OB =
                                   ⌈C_out / NB⌉: row j of Wᵀ holds entries Bp[j, 0] ..
                                   Bp[j, NB]-1, those of block b from Bp[j, b]
-                                  (:func:`refsparse.functional.sparse_linear.transposed_block_pointers`)
-        Tj       [nnz]            Wᵀ's column ids (:func:`refsparse.patterns.transpose_structure`):
+                                  (`transposed_block_pointers`)
+        Tj       [nnz]            Wᵀ's column ids (`refsparse.csr.transpose_structure`):
                                   row j of Wᵀ lists the o with (o, j) stored in W, sorted
         At       [nnz]            W's values in Wᵀ's order (weight.data[perm])
         dx       (N, C_in)        output, every element written; None: no dX
@@ -285,7 +315,7 @@ def spmm_backward(dy, x, Bp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
     column blocks keep its reads of xt in L1. A row of Wᵀ then takes NB passes, its dx
     sums stored in dxt after each and loaded again by the next: the same additions in the
     same order, so the numbers do not depend on NB. The caller picks TN
-    (:func:`refsparse.functional.sparse_linear.backward_tile_rows`): a single vector
+    (`backward_tile_rows`): a single vector
     where W is too sparse for the lane sums to matter. A None output is not computed
     (Numba compiles the call without its branch), so the same kernel gives dX alone and
     dW alone.
@@ -398,3 +428,213 @@ def sum_parts_into(parts, perm, out):
         for t in range(1, T):
             s += parts[t, k]
         out[perm[k]] = s
+
+
+# ----------------------------------------------------------------------------------
+# the driver: path, tiles, scratch and per-pattern data
+# ----------------------------------------------------------------------------------
+def forward(x, weight, bias):
+    """y = x Wᵀ + b, on the current path (`refsparse.kernels.switch.current`).
+
+    x (N, C_in) C-contiguous; weight a canonical CSR array (C_out, C_in) of x's dtype (its
+    ``indptr``, ``indices``, ``data``, ``shape`` are read); bias (C_out,) or None.
+    Returns y (N, C_out), a new array (on the fast path, cache-line aligned).
+    """
+    if current() == "reference":
+        return reference.forward(x, weight, bias)
+    n, c_out = x.shape[0], weight.shape[0]
+    dtype = x.dtype
+    b = np.ascontiguousarray(bias) if bias is not None else np.zeros(c_out, dtype=dtype)
+    tn = tile_rows(n, dtype)
+    y = aligned_empty((n, c_out), dtype)  # (N, C_out), rows stored from tiles
+    bp = row_block_pointers(weight, column_blocks(weight, tn, dtype))  # (C_out, NB+1)
+    spmm_forward(x, bp, weight.indices, weight.data, b, y, _scratch(weight.shape[1], tn, dtype),
+                 _scratch(chunk_rows(c_out, tn, dtype), tn, dtype), _streamed(y))
+    return y
+
+
+def backward(dy, x, weight, need_dx=True, need_dw=True, need_db=True):
+    """(dx, dw, db) of y = x Wᵀ + b on the current path, each None when not needed.
+
+    dy (N, C_out) and x (N, C_in) C-contiguous; weight as for `forward`.
+    dx (N, C_in) = dy W̃; dw (nnz,) aligned with weight.data, dw_e = Σ_n dy[n, o] x[n, j];
+    db (C_out,) = Σ_n dy[n, :]. The fast path runs one fused pass along the rows of Wᵀ
+    (`spmm_backward`); dW comes out in Wᵀ's order and is put back in W's here.
+    """
+    if current() == "reference":
+        return reference.backward(dy, x, weight, need_dx, need_dw, need_db)
+    c_out, c_in = weight.shape
+    n, dtype = x.shape[0], x.dtype
+    _, t_indices, perm = _transpose(weight)
+    tn = backward_tile_rows(n, weight, dtype)
+    bp = transposed_block_pointers(weight, output_blocks(weight, tn, dtype))  # (C_in, NB+1)
+    threads = numba.get_num_threads()
+    cb = chunk_rows(c_in, tn, dtype)
+    dx = aligned_empty((n, c_in), dtype) if need_dx else None  # (N, C_in), rows stored from tiles
+    dw_part = np.zeros((threads, weight.nnz), dtype=dtype) if need_dw else None  # (T, nnz), Wᵀ's order
+    db_part = np.zeros((threads, c_out), dtype=dtype) if need_db else None  # (T, C_out)
+    at = weight.data[perm] if need_dx else weight.data[:0]  # (nnz,) W's values in Wᵀ's order, for dX only
+    spmm_backward(dy, x if need_dw else None, bp, t_indices, at, dx, dw_part, db_part,
+                  _scratch(c_out, tn, dtype), _scratch(cb, tn, dtype), _scratch(cb, tn, dtype),
+                  need_dx and _streamed(dx))
+    dw = None
+    if need_dw:
+        dw = np.empty(weight.nnz, dtype=dtype)  # (nnz,) aligned with weight.data
+        sum_parts_into(dw_part, perm, dw)  # dw[perm] = dw_part.sum(axis=0)
+    db = db_part.sum(axis=0) if need_db else None  # (C_out,)
+    return dx, dw, db
+
+
+# Bytes per row of a transposed tile: 256 (64 float32, 32 float64), a whole number of
+# vectors; measured best for the forward on both machines these kernels were tuned on.
+ROW_BYTES = 256
+
+
+def tile_rows(n_rows, dtype, vectors=1):
+    """Rows per batch tile of the kernels (the scratch buffers' last axis).
+
+    At least ROW_BYTES per row of a transposed tile, and always a multiple of
+    ``vectors`` · L, L the numbers in one vector
+    (`refsparse.kernels.simd.VECTOR_BYTES`), since the kernels' loops run over
+    whole vectors (the backward's over pairs of them where it can); small batches get
+    smaller tiles (enough for every thread to get one), down to ``vectors`` vectors.
+    """
+    unit = vectors * (VECTOR_BYTES // np.dtype(dtype).itemsize)  # vectors · L
+    full = unit * max(1, -(-ROW_BYTES // (vectors * VECTOR_BYTES)))
+    threads = numba.get_num_threads()
+    per_thread = -(-max(int(n_rows), 1) // threads)  # ceil
+    return int(min(full, unit * -(-per_thread // unit)))
+
+
+# The backward walks its tile two vectors at a time, so that each stored entry's dW gets
+# one lane sum (vsum) per 2L rows instead of per L: with 256-byte vectors (AVX-512) that
+# doubles its tile to 128 float32 rows. It pays where W has at least PAIR_MIN_ENTRIES
+# entries per input and output feature; below that the tile's copies, not the entries,
+# take the time, and the wider tile measured 1.1–1.2× slower (99% sparsity, both shapes
+# of bench/sparse_linear.py).
+PAIR_MIN_ENTRIES = 8
+
+
+def backward_tile_rows(n_rows, weight, dtype):
+    """TN for the backward: `tile_rows` with pairs of vectors where W has at least
+    PAIR_MIN_ENTRIES · (C_in + C_out) entries, else single vectors."""
+    c_out, c_in = weight.shape
+    pairs = weight.nnz >= PAIR_MIN_ENTRIES * (c_in + c_out)
+    return tile_rows(n_rows, dtype, vectors=2 if pairs else 1)
+
+
+# What the fast path derives from a weight's pattern, kept per pattern (see pattern_cache).
+_patterns = PatternCache()
+
+
+def _transpose(weight):
+    """Wᵀ's pattern and its map into W's values, ``(t_indptr, t_indices, perm)``: indices
+    only — the backward gathers the values, ``weight.data[perm]`` (O(nnz)), on each call,
+    so this is built once per pattern (O(nnz log nnz)), never per step."""
+    return _patterns.get((weight.indptr, weight.indices), ("transpose", weight.shape[1]),
+                         lambda: transpose_structure(weight.indptr, weight.indices, weight.shape[1]))
+
+
+# Bytes of the chunk that streams through the kernels beside the cached tile: OB finished
+# outputs in the forward, CB columns of x and of dx in the backward. A chunk is stored to
+# (or loaded from) each of the tile's TN rows as one run of OB or CB numbers, and longer
+# runs stream better: at TN = 128 float32, 64 KB is 128 numbers (512 bytes) per row.
+# Measured against 32 KB on the AVX-512 Xeon (float32, N = 4096, paired medians of 21
+# alternating runs): the whole backward 1.05–1.08× faster on 512 × 2048 at 80–99%, the rest
+# 0.97–1.11×; 128 KB did no better and was 0.94× on some shapes.
+CHUNK_BYTES = 64 * 1024
+
+
+def chunk_rows(rows, tn, dtype):
+    """Rows per chunk (OB or CB, at most ``rows``): the kernels' (chunk, TN) scratch."""
+    return max(1, min(int(rows), max(8, CHUNK_BYTES // (tn * np.dtype(dtype).itemsize))))
+
+
+# Outputs of at least STREAM_BYTES are stored with non-temporal stores, which write whole
+# cache lines to memory without reading them first (`store_tile_t`); smaller ones
+# may still be in the cache when the next layer reads them, and keep plain stores.
+# Measured on the AVX-512 Xeon (float32, N = 4096, 2 threads, alternating in one process,
+# outputs from the recycler of `refsparse.kernels.buffers`): dX of 512 × 2048 at 99%
+# 4.4 ms against 5.1 with plain stores, at 90% 13.1 against 16.5; the forward of
+# 2048 × 512 at 99% 3.3 against 4.3. Only where a vtranspose row is a whole line
+# (TRANSPOSE_BYTES = 64, AVX-512): half lines would not write whole lines.
+STREAM_BYTES = 4 << 20
+
+
+def _streamed(out):
+    """Whether the kernels store ``out`` with non-temporal stores (see STREAM_BYTES)."""
+    return out.nbytes >= STREAM_BYTES and TRANSPOSE_BYTES == CACHE_LINE
+
+
+def _scratch(rows, tn, dtype):
+    """One (rows, tn) scratch slice per Numba thread; every kernel writes before reading.
+    Cache-line aligned (`refsparse.kernels.buffers.aligned_empty`): every row of a
+    slice is then whole lines, as the kernels' vector loads and stores assume for speed."""
+    return aligned_empty((numba.get_num_threads(), rows, tn), dtype)
+
+
+# The forward's column blocks (`spmm_forward`): XB rows of the transposed input
+# tile, at most BLOCK_BYTES, stay in the L1 cache (48 KB on the Xeon, 32 KB on the AMD
+# machine these kernels were tuned on) while the sums read them, and a row of W is split
+# into blocks only while its blocks average at least MIN_BLOCK_ENTRIES entries, since each
+# block costs one more load and store of the row's sum.
+BLOCK_BYTES = 32 * 1024
+MIN_BLOCK_ENTRIES = 16
+
+
+def column_blocks(weight, tn, dtype):
+    """NB, the number of column blocks for the forward: enough that XB = ⌈C_in / NB⌉
+    rows of the (C_in, TN) tile take at most BLOCK_BYTES, but no more than leave
+    MIN_BLOCK_ENTRIES entries per row and block on average; at least 1."""
+    c_out, c_in = weight.shape
+    tile_bytes = c_in * tn * np.dtype(dtype).itemsize
+    wanted = -(-tile_bytes // BLOCK_BYTES)  # ceil
+    affordable = weight.nnz // max(c_out * MIN_BLOCK_ENTRIES, 1)
+    return int(max(1, min(wanted, affordable, c_in)))
+
+
+def output_blocks(weight, tn, dtype):
+    """NB for the backward, `column_blocks` turned around: enough output blocks that
+    OB = ⌈C_out / NB⌉ rows of its (C_out, TN) tile of dyᵀ take at most BLOCK_BYTES, but no
+    more than leave MIN_BLOCK_ENTRIES entries per row of Wᵀ and block on average; at
+    least 1."""
+    c_out, c_in = weight.shape
+    tile_bytes = c_out * tn * np.dtype(dtype).itemsize
+    wanted = -(-tile_bytes // BLOCK_BYTES)  # ceil
+    affordable = weight.nnz // max(c_in * MIN_BLOCK_ENTRIES, 1)
+    return int(max(1, min(wanted, affordable, c_out)))
+
+
+def _split_rows(indptr, indices, n_cols, nb):
+    """(rows, NB+1) pointers of a CSR pattern's rows split at NB column blocks of
+    CB = ⌈n_cols / NB⌉: entry [r, b] is the first entry of row r with column >= CB·b."""
+    n_rows = indptr.size - 1
+    cb = max(1, -(-n_cols // nb))
+    rows = entry_rows(indptr)  # (nnz,) the row of each entry
+    counts = np.bincount(rows * nb + indices // cb, minlength=n_rows * nb).reshape(n_rows, nb)
+    bp = np.empty((n_rows, nb + 1), dtype=np.int64)  # (rows, NB+1)
+    bp[:, 0] = indptr[:-1]
+    np.cumsum(counts, axis=1, out=bp[:, 1:])
+    bp[:, 1:] += indptr[:-1, None]
+    return bp
+
+
+def row_block_pointers(weight, nb):
+    """(C_out, NB+1) row pointers of W split at NB column blocks of XB = ⌈C_in / NB⌉:
+    ``Bp[o, b]`` is the first entry of row o with column >= XB·b (so Bp[:, 0] = Ap[:-1]
+    and Bp[:, NB] = Ap[1:]). O(nnz), built once per pattern and block count (kept in the
+    driver's cache, as the transpose is)."""
+    return _patterns.get((weight.indptr, weight.indices), ("blocks", weight.shape[1], nb),
+                         lambda: _split_rows(weight.indptr, weight.indices, weight.shape[1],
+                                             nb).astype(weight.indptr.dtype))
+
+
+def transposed_block_pointers(weight, nb):
+    """(C_in, NB+1) row pointers of Wᵀ (`refsparse.csr.transpose_structure`) split at
+    NB output blocks of OB = ⌈C_out / NB⌉: ``Bp[j, b]`` is the first entry of row j of Wᵀ
+    with output id >= OB·b — the backward's `row_block_pointers`. Cached likewise."""
+    def build():
+        t_indptr, t_indices, _ = _transpose(weight)
+        return _split_rows(t_indptr, t_indices, weight.shape[0], nb)
+
+    return _patterns.get((weight.indptr, weight.indices), ("t_blocks", weight.shape, nb), build)
