@@ -121,3 +121,16 @@ def check_positions(name, positions, batch, length, max_len):
     if positions.shape not in ((batch, length), (length,)):
         raise ValueError(f"{name}: expected shape ({batch}, {length}) or ({length},), got {positions.shape}")
     return np.ascontiguousarray(np.broadcast_to(positions, (batch, length)), dtype=np.int64)
+
+
+def is_int(x):
+    """True for a Python or NumPy integer that is not a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def check_finite(name, x):
+    """Raise ValueError naming ``name`` and the first non-finite entry of the array ``x``."""
+    if not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(f"{name}: expected finite values, got {x[tuple(bad)]!r} at index {tuple(bad)}")
+    return x

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-from dataclasses import fields
 
 from . import __version__
 

@@ -18,7 +18,7 @@ checkpoints stored.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 __all__ = ["DataConfig", "GROUPS", "ModelConfig", "OptimConfig", "RunConfig", "SparseConfig",
            "TrainConfig", "flat_keys", "group_of"]

@@ -7,7 +7,6 @@ import scipy.sparse as sp
 from refsparse.cli import main
 from refsparse.config import GROUPS, ModelConfig, TrainConfig, flat_keys
 from refsparse.prune import SET
-from refsparse.prune.methods import csr_positions
 
 from test_train import TINY, tiny_text
 

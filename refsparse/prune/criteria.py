@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_bool, check_float
+from .._checks import check_bool, check_finite, check_float, is_int
 from ..kernels.select import group_topn_mask, topk_indices
 
 __all__ = [
@@ -53,10 +53,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------
 # argument checks
 # ----------------------------------------------------------------------------------------
-def _is_int(x):
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
 def check_sparsity(name, sparsity):
     """Return ``sparsity`` as a float in [0, 1), or raise naming ``name``.
 
@@ -72,7 +68,7 @@ def check_sparsity(name, sparsity):
 
 
 def _check_count(name, value, low=0, high=None):
-    if not _is_int(value):
+    if not is_int(value):
         raise TypeError(f"{name}: expected an integer, got {value!r}")
     if value < low or (high is not None and value > high):
         shown = f"[{low}, {high}]" if high is not None else f">= {low}"
@@ -80,16 +76,10 @@ def _check_count(name, value, low=0, high=None):
     return int(value)
 
 
-def _check_finite(name, x):
-    if not np.isfinite(x).all():
-        bad = np.argwhere(~np.isfinite(x))[0]
-        raise ValueError(f"{name}: expected finite values, got {x[tuple(bad)]!r} at index {tuple(bad)}")
-
-
 def _check_weight(name, weight):
     """A 2-D float ndarray with finite entries."""
     check_float(name, weight, ndim=2)
-    _check_finite(name, weight)
+    check_finite(name, weight)
     return weight
 
 
@@ -116,7 +106,7 @@ def scores_mask(scores, n_keep):
     index is kept. Exactly ``n_keep`` entries are True (0 <= n_keep <= scores.size).
     """
     check_float("scores", scores)
-    _check_finite("scores", scores)
+    check_finite("scores", scores)
     k = _check_count("n_keep", n_keep, 0, scores.size)
     flat = np.ascontiguousarray(scores).reshape(-1)  # (size,) row-major
     mask = np.zeros(scores.size, dtype=bool)
@@ -144,7 +134,7 @@ def random_mask(shape, sparsity, rng):
     replacement), drawn from the ``numpy.random.Generator`` ``rng``; nothing else is
     drawn. ``shape`` is a tuple of non-negative integers, e.g. (out, in).
     """
-    if not isinstance(shape, tuple) or not all(_is_int(d) and d >= 0 for d in shape):
+    if not isinstance(shape, tuple) or not all(is_int(d) and d >= 0 for d in shape):
         raise TypeError(f"shape: expected a tuple of non-negative integers, got {shape!r}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
@@ -184,7 +174,7 @@ def global_magnitude_masks(weights, sparsity):
 
 def _check_nm(n, m):
     m = _check_count("m", m, 1)
-    if not _is_int(n):
+    if not is_int(n):
         raise TypeError(f"n: expected an integer, got {n!r}")
     if not 0 <= n <= m:
         raise ValueError(f"n: expected an integer in [0, m={m}], got {n!r}")
@@ -235,7 +225,7 @@ def block_mask(weight, sparsity, block=(1, 4)):
     Returns bool (out, in).
     """
     _check_weight("weight", weight)
-    if not (isinstance(block, tuple) and len(block) == 2 and all(_is_int(b) and b >= 1 for b in block)):
+    if not (isinstance(block, tuple) and len(block) == 2 and all(is_int(b) and b >= 1 for b in block)):
         raise TypeError(f"block: expected a tuple (bh, bw) of two positive integers, got {block!r}")
     bh, bw = int(block[0]), int(block[1])
     out, inp = weight.shape

@@ -29,10 +29,11 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
+from .._checks import check_finite, is_int
 from ..kernels.select import topk_indices
 from ..models import OutputHead
 from ..nn import FeedForward, Linear, Module, ModuleList, MultiHeadAttention, SparseLinear
-from .criteria import _check_finite, _is_int, block_mask, check_sparsity, n_keep, nm_mask
+from .criteria import block_mask, check_sparsity, n_keep, nm_mask
 
 __all__ = [
     "CRITERIA",
@@ -161,7 +162,7 @@ def _check_shapes(shapes):
     checked = {}
     for name, shape in shapes.items():
         if not (isinstance(shape, (tuple, list)) and len(shape) == 2
-                and all(_is_int(d) and d >= 1 for d in shape)):
+                and all(is_int(d) and d >= 1 for d in shape)):
             raise ValueError(f"shapes[{name!r}]: expected (out, in), two positive integers, got {shape!r}")
         checked[name] = (int(shape[0]), int(shape[1]))
     return checked
@@ -294,7 +295,7 @@ def _pruned(layer, mask=None, keep=None):
 def _magnitudes(name, layer):
     """|W| as a flat vector: every cell of a dense layer, the stored entries of a sparse one."""
     values = layer.weight.values  # (out, in) for a dense layer, (nnz,) for a sparse one
-    _check_finite(f"{name}.weight", values)
+    check_finite(f"{name}.weight", values)
     return np.abs(values).reshape(-1)  # (out·in,) row-major, or (nnz,) in CSR order
 
 

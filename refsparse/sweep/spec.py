@@ -38,7 +38,7 @@ import itertools
 import json
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 __all__ = ["Sweep", "Trial", "load_sweep", "train_keys", "SECTIONS", "SWEEP_KEYS"]
 
