@@ -45,7 +45,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    """What :func:`load_checkpoint` returns."""
+    """What [`load_checkpoint`][refsparse.checkpoint.load_checkpoint] returns."""
 
     path: str
     meta: dict  # the JSON header (config, step, rng, tokenizer, …)
@@ -267,7 +267,7 @@ def remove_temporary_files(directory):
 
 
 def load_checkpoint(path):
-    """Read and verify a checkpoint; raises :class:`CheckpointError` with a clear message.
+    """Read and verify a checkpoint; raises [`CheckpointError`][refsparse.checkpoint.CheckpointError] with a clear message.
 
     Missing files, files that are not checkpoints, truncated or corrupted files (the
     zip CRCs and the SHA-256 of the header both guard the contents) all raise.
@@ -347,7 +347,7 @@ def restore_model(model, ckpt):
 
     Sparse weights take the checkpoint's pattern: a dense ``Linear`` of the model whose
     weight the checkpoint stores as CSR first becomes a ``SparseLinear``
-    (:func:`refsparse.prune.sparsify_like`). Raises :class:`CheckpointError` naming every
+    ([`refsparse.prune.sparsify_like`][refsparse.prune.sparsify.sparsify_like]). Raises [`CheckpointError`][refsparse.checkpoint.CheckpointError] naming every
     config field that differs.
     """
     from .prune.sparsify import sparsify_like

@@ -802,7 +802,7 @@ def _one_blas_thread_by_default():
     training step 2–10× slower (measured here: 0.31 s/step with one BLAS thread against
     0.6–9 s with two, on a machine with other work). With BLAS on one thread, refsparse
     splits big matrix products over its own sleeping threads instead
-    (:mod:`refsparse.kernels.parallel`). Numba's OpenMP threads would otherwise spin for
+    ([`refsparse.kernels.parallel`][refsparse.kernels.parallel]). Numba's OpenMP threads would otherwise spin for
     milliseconds after each kernel and slow the next product; OMP_WAIT_POLICY=passive
     makes them sleep. Set either variable to override.
     """

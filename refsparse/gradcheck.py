@@ -28,9 +28,9 @@ ignores a constant added to a row of scores — leaves only rounding noise to co
 
 Two entry points:
 
-- :func:`check_op` for a functional pair ``forward(**inputs) -> (y, cache)`` and
+- [`check_op`][refsparse.gradcheck.check_op] for a functional pair ``forward(**inputs) -> (y, cache)`` and
   ``backward(dy, cache) -> grads``;
-- :func:`check_module` for a :class:`refsparse.nn.Module`: the gradient of every
+- [`check_module`][refsparse.gradcheck.check_module] for a [`refsparse.nn.Module`][refsparse.nn.module.Module]: the gradient of every
   float input and of every parameter (dense or sparse: the stored entries).
 """
 
@@ -57,7 +57,7 @@ class TensorReport:
 
 @dataclass
 class GradcheckReport:
-    """One :class:`TensorReport` per input and parameter; ``ok`` when all pass."""
+    """One [`TensorReport`][refsparse.gradcheck.TensorReport] per input and parameter; ``ok`` when all pass."""
 
     tensors: list = field(default_factory=list)
     rtol: float = 1e-7
@@ -226,7 +226,7 @@ def check_module(module, *inputs, kwargs=None, rng=None, eps=1e-5, rtol=1e-7, at
     inputs (one array, or a tuple aligned with ``inputs``; ``None`` for integer inputs)
     and accumulate parameter gradients into ``.grad``. Parameters must be float64.
 
-    Returns a :class:`GradcheckReport` with one entry per float input (``input0``, …)
+    Returns a [`GradcheckReport`][refsparse.gradcheck.GradcheckReport] with one entry per float input (``input0``, …)
     and per parameter (by dotted name; a sparse weight is checked on its stored entries).
     """
     rng = np.random.default_rng(0) if rng is None else rng

@@ -1,6 +1,6 @@
 """Whole models: the encoder-decoder Transformer and the decoder-only language model.
 
-Both are assembled from :mod:`refsparse.nn` modules and follow the module contract:
+Both are assembled from [`refsparse.nn`][refsparse.nn] modules and follow the module contract:
 ``forward(...) -> logits`` keeps every cache, ``backward(dlogits)`` walks the layers in
 reverse and accumulates every parameter's ``.grad``. ``forward_backward`` does one whole
 step: forward, cross-entropy, and backward, and returns the loss.
@@ -188,7 +188,7 @@ class _ConfigDict:
 
     @classmethod
     def from_dict(cls, d):
-        """The config of a dict made by :meth:`to_dict`; unknown keys are an error."""
+        """The config of a dict made by `to_dict`; unknown keys are an error."""
         return _config_from_dict(cls, d)
 
 
@@ -380,7 +380,7 @@ class DecoderLM(Module):
     """Decoder-only language model: embeddings, N causal blocks, a final norm, the head.
 
     ``forward(ids)`` with ids (B, T), T ≤ max_len, returns logits (B, T, V) where
-    position t predicts token t + 1. Blocks are :class:`refsparse.nn.EncoderLayer` run with
+    position t predicts token t + 1. Blocks are [`refsparse.nn.EncoderLayer`][refsparse.nn.transformer.EncoderLayer] run with
     a causal mask (a decoder without cross-attention).
     """
 

@@ -142,7 +142,7 @@ class Optimizer:
     Attributes
     ----------
     lr : float
-        The learning rate used by the next :meth:`step`; a schedule sets it.
+        The learning rate used by the next [`step`][refsparse.optim.Optimizer.step]; a schedule sets it.
     params : OrderedDict[str, Parameter]
         The parameters, by dotted name.
     state : dict[str, dict[str, ndarray]]
@@ -178,9 +178,9 @@ class Optimizer:
         ValueError
             When ``lr`` is negative or not finite, when a gradient is not shaped like
             its parameter's values, or when a sparse weight's pattern changed since the
-            last step without a :meth:`remap` (another number of entries, or other
+            last step without a [`remap`][refsparse.optim.Optimizer.remap] (another number of entries, or other
             entries: the pattern each step ran on is kept by reference and compared).
-            ``prune.set_pattern`` calls :meth:`remap` when given the optimizer; SET,
+            ``prune.set_pattern`` calls [`remap`][refsparse.optim.Optimizer.remap] when given the optimizer; SET,
             RigL, GMP and IMP give it.
         TypeError
             When a gradient's dtype differs from its parameter's.
@@ -213,7 +213,7 @@ class Optimizer:
     def _check_pattern(self, name, p):
         """ValueError when sparse parameter ``name`` holds another pattern than at the last
         step, with the same number of entries (the shape check catches other counts), and no
-        :meth:`remap` in between: its state would follow entries it does not belong to. The
+        [`remap`][refsparse.optim.Optimizer.remap] in between: its state would follow entries it does not belong to. The
         same pattern in new arrays passes (compared by value only when the arrays are new)."""
         seen = self._patterns.get(name)
         if seen is None or seen[0] is not p:
@@ -259,7 +259,7 @@ class Optimizer:
         return self._buffers if step > 0 else ()
 
     def load_state_dict(self, state_dict):
-        """Restore the state saved by :meth:`state_dict`, bit for bit.
+        """Restore the state saved by [`state_dict`][refsparse.optim.Optimizer.state_dict], bit for bit.
 
         Arrays are copied; 0-d arrays (as an .npz gives back) are accepted for the
         scalars. The hyper-parameters are restored too, as
@@ -540,7 +540,7 @@ class Adam(Optimizer):
 class AdamW(Adam):
     """AdamW (Loshchilov & Hutter, 2019): decoupled weight decay, exactly as ``torch.optim.AdamW``.
 
-    As :class:`Adam`, except that the decay shrinks the parameter directly and never
+    As [`Adam`][refsparse.optim.Adam], except that the decay shrinks the parameter directly and never
     enters the moments; note it is scaled by the learning rate γ, as in torch::
 
         θ ← θ·(1 − γ·λ)
@@ -568,7 +568,7 @@ class AdamW(Adam):
 # ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ConstantLR:
-    """``lr(step) = lr`` for every step. Build it with :func:`constant_lr`."""
+    """``lr(step) = lr`` for every step. Build it with [`constant_lr`][refsparse.optim.constant_lr]."""
 
     lr: float
 
@@ -580,7 +580,7 @@ class ConstantLR:
 
 @dataclass(frozen=True)
 class WarmupCosine:
-    """Linear warm-up, then cosine decay. Build it with :func:`warmup_cosine`."""
+    """Linear warm-up, then cosine decay. Build it with [`warmup_cosine`][refsparse.optim.warmup_cosine]."""
 
     base_lr: float
     warmup_steps: int
@@ -672,7 +672,7 @@ def clip_grad_norm(params, max_norm):
     The arithmetic runs in the gradients' dtype (float32 gradients give a float32
     norm and coefficient, as in torch).
 
-    **Difference from PyTorch** (listed in docs/conventions.md): when the total norm is NaN
+    **Difference from PyTorch** (listed in [docs/conventions.md](../conventions.md)): when the total norm is NaN
     (some gradient holds a NaN; or inf − inf …), c is NaN and ``c < 1`` is False, so the
     gradients are left untouched — the finite ones stay finite — and the NaN is returned
     for the caller to see. torch multiplies every gradient by the NaN coefficient, so all

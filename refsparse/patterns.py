@@ -8,33 +8,33 @@ format (indices sorted within each row, no duplicates), every stored value True:
 A row with no stored entry is allowed: attention gives it a zero output and zero gradients.
 
 **Per-head patterns** are a Python ``list`` (or ``tuple``) of patterns of one shape, one per head.
-:func:`is_per_head` tells the two apart and :func:`heads` turns either into a list of ``n_heads``
+[`is_per_head`][refsparse.patterns.is_per_head] tells the two apart and [`heads`][refsparse.patterns.heads] turns either into a list of ``n_heads``
 patterns (a single pattern is shared by every head; a list of k patterns, k dividing n_heads, is
 cycled: head h takes ``p[h % k]``, the alternating heads of Child et al. 2019, §4).
 
 Nothing here builds a dense T × T array: every pattern is written straight into ``indptr`` and
 ``indices`` with vectorised NumPy, from the number of keys in each row and a formula for the key at
-each position of the row (:func:`_from_row_formula`). Building ``local(16384, 128)`` takes a few
+each position of the row (`_from_row_formula`). Building ``local(16384, 128)`` takes a few
 tens of milliseconds. The index arrays are int32 unless a dimension or the number of entries needs
 int64 (scipy's own rule); ``indptr`` and ``indices`` always share one dtype.
 
 Legend: T sequence length (Tq queries, Tk keys), i a query, j a key, l a stride or block length,
 c summary columns per block (Child et al.'s "fixed"), b a block size, nb = T / b blocks.
 
-The patterns and their papers (formulas in each docstring and in docs/patterns.md):
+The patterns and their papers (formulas in each docstring and in [docs/patterns.md](../patterns.md)):
 
-- :func:`full`, :func:`causal`;
-- :func:`local`, :func:`dilated` — sliding windows (Beltagy et al. 2020, Longformer);
-- :func:`strided`, :func:`fixed` — Child et al. 2019, "Generating Long Sequences with Sparse
+- [`full`][refsparse.patterns.full], [`causal`][refsparse.patterns.causal];
+- [`local`][refsparse.patterns.local], [`dilated`][refsparse.patterns.dilated] — sliding windows (Beltagy et al. 2020, Longformer);
+- [`strided`][refsparse.patterns.strided], [`fixed`][refsparse.patterns.fixed] — Child et al. 2019, "Generating Long Sequences with Sparse
   Transformers", §4;
-- :func:`global_tokens`, :func:`random` — global and random attention (Longformer; BigBird);
-- :func:`bigbird` — window + global + random at block granularity (Zaheer et al. 2020);
-- :func:`block_sparse` — a block layout (Gray, Radford & Kingma 2017, block-sparse GPU kernels);
-- :func:`union`, :func:`intersect`, :func:`causal_only`, :func:`with_padding` — composition;
-- :func:`parse` — the text spec (``"local:window=64+global:indices=0"``) used by the CLI and configs;
-- :func:`stats`, :func:`reach`, :func:`to_text` — looking at a pattern;
-- :func:`transpose_with_map` — the transposed structure, for kernels that run over keys
-  (:func:`transpose_structure`, the same for any canonical CSR array, e.g. a sparse weight).
+- [`global_tokens`][refsparse.patterns.global_tokens], [`random`][refsparse.patterns.random] — global and random attention (Longformer; BigBird);
+- [`bigbird`][refsparse.patterns.bigbird] — window + global + random at block granularity (Zaheer et al. 2020);
+- [`block_sparse`][refsparse.patterns.block_sparse] — a block layout (Gray, Radford & Kingma 2017, block-sparse GPU kernels);
+- [`union`][refsparse.patterns.union], [`intersect`][refsparse.patterns.intersect], [`causal_only`][refsparse.patterns.causal_only], [`with_padding`][refsparse.patterns.with_padding] — composition;
+- [`parse`][refsparse.patterns.parse] — the text spec (``"local:window=64+global:indices=0"``) used by the CLI and configs;
+- [`stats`][refsparse.patterns.stats], [`reach`][refsparse.patterns.reach], [`to_text`][refsparse.patterns.to_text] — looking at a pattern;
+- [`transpose_with_map`][refsparse.patterns.transpose_with_map] — the transposed structure, for kernels that run over keys
+  ([`transpose_structure`][refsparse.patterns.transpose_structure], the same for any canonical CSR array, e.g. a sparse weight).
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def check_pattern(name, p, *, shape=None):
 
     Raises TypeError for anything but a bool ``csr_array`` and ValueError for a pattern that is
     not 2-D, not canonical (unsorted indices or duplicates), stores a False value, or whose shape
-    differs from ``shape`` (when given). Use :func:`as_pattern` to convert other inputs.
+    differs from ``shape`` (when given). Use [`as_pattern`][refsparse.patterns.as_pattern] to convert other inputs.
     """
     if not isinstance(p, sp.csr_array):
         raise TypeError(
@@ -302,7 +302,7 @@ def dilated(t, window, dilation, causal=True):
 
     i.e. (i − j) mod dilation = 0 and |i − j| / dilation < window (and j <= i when causal).
     nnz per row: up to window (causal), up to 2·window − 1 (not causal); the receptive field of
-    one row spans (window − 1)·dilation + 1 positions on each side. ``dilation=1`` is :func:`local`.
+    one row spans (window − 1)·dilation + 1 positions on each side. ``dilation=1`` is [`local`][refsparse.patterns.local].
     """
     t = _check_int("t", t, 1)
     window = _check_int("window", window, 1)
@@ -328,9 +328,9 @@ def strided(t, stride, per_head=False):
     entry is in A2, so the union is the same either way. Here A1 is exactly ``local(t, l)``.
 
     per_head=False: one pattern, the union (every head sees A1 ∪ A2).
-    per_head=True : the two components ``[A1, A2]``; with :func:`heads` the heads alternate
+    per_head=True : the two components ``[A1, A2]``; with [`heads`][refsparse.patterns.heads] the heads alternate
                     (head h takes A1 when h is even, A2 when odd), as in the paper.
-    Two layers of either form reach every earlier position: see :func:`reach`.
+    Two layers of either form reach every earlier position: see [`reach`][refsparse.patterns.reach].
     """
     t = _check_int("t", t, 1)
     l = _check_int("stride", stride, 1)
@@ -415,7 +415,7 @@ def global_tokens(t, indices, causal=False):
         causal=True: additionally j <= i
 
     nnz per row: T for a global row and |S| for the others (causal: i + 1 and |S ∩ [0, i]|).
-    Meant to be combined with a local pattern by :func:`union`, as in Longformer and BigBird-ITC.
+    Meant to be combined with a local pattern by [`union`][refsparse.patterns.union], as in Longformer and BigBird-ITC.
     Duplicate indices are allowed and count once; an empty S gives an empty pattern.
     """
     t = _check_int("t", t, 1)
@@ -601,7 +601,7 @@ def union(*ps):
 def intersect(*ps):
     """The entries stored in all of the patterns: (i, j) ∈ p1 ∩ p2 ∩ ... (per-head as in union).
 
-    To make a large pattern causal use :func:`causal_only`, which does not build ``causal(T)``.
+    To make a large pattern causal use [`causal_only`][refsparse.patterns.causal_only], which does not build ``causal(T)``.
     """
     return _combine("ps", ps, _intersect_keys)
 
@@ -649,7 +649,7 @@ def mask_keys(pattern, key_padding_mask):
         out[b] = {(i, j) ∈ pattern : not key_padding_mask[b, j]}
 
     key_padding_mask : bool (B, Tk). Returns a list of B patterns (of B per-head lists when
-    ``pattern`` is per-head), like :func:`with_padding`, which takes lengths instead. Rows can
+    ``pattern`` is per-head), like [`with_padding`][refsparse.patterns.with_padding], which takes lengths instead. Rows can
     become empty; their attention output is zero, with zero gradients.
     """
     p = _check_any("pattern", pattern)
@@ -860,9 +860,9 @@ def parse(spec, t):
     ``"dilated:window=8,dilation=2"``, ``"strided:stride=16"``, ``"strided:stride=16,per_head=true"``,
     ``"fixed:block=16,c=2"``, ``"global:indices=0/64"``, ``"random:per_row=8,seed=0"``,
     ``"bigbird:block=16,window_blocks=3,global_blocks=1,random_blocks=2,seed=0"``.
-    Terms joined by '+' are united (:func:`union`): ``"local:window=32+global:indices=0"``.
+    Terms joined by '+' are united ([`union`][refsparse.patterns.union]): ``"local:window=32+global:indices=0"``.
     The keys are the arguments of the functions of the same name (``global`` is
-    :func:`global_tokens`). Per-head terms (per_head=true) give a per-head list.
+    [`global_tokens`][refsparse.patterns.global_tokens]). Per-head terms (per_head=true) give a per-head list.
     """
     terms = parse_spec(spec)
     t = _check_int("t", t, 1)
@@ -984,7 +984,7 @@ def transpose_with_map(p):
 
 
 def transpose_structure(p):
-    """:func:`transpose_with_map` for any canonical CSR array (a pattern or a sparse weight,
+    """[`transpose_with_map`][refsparse.patterns.transpose_with_map] for any canonical CSR array (a pattern or a sparse weight,
     whatever its values): ``(indptr_t, indices_t, perm)`` in p's index dtype. Only indices
     are built; values aligned with p are read through ``perm``. Unchecked: p must be
     canonical (sorted indices, no duplicates). The same as

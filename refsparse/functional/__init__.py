@@ -3,7 +3,7 @@
 Every op is two plain functions, ``y, cache = <op>_forward(...)`` and
 ``grads = <op>_backward(dy, cache)``; the cache is a small NamedTuple holding exactly
 what the backward pass needs. float32 in → float32 out, float64 in → float64 out.
-Derivations: docs/backprop.md.
+Derivations: [docs/backprop.md](../backprop.md).
 """
 
 from .activations import (

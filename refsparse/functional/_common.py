@@ -1,4 +1,4 @@
-"""Checks shared by the backward passes of :mod:`refsparse.functional`.
+"""Checks shared by the backward passes of [`refsparse.functional`][refsparse.functional].
 
 A backward pass receives an upstream gradient whose shape and dtype are fixed by its
 forward; a wrong one would otherwise fail deep inside a matmul with a message that does

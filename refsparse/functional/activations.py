@@ -51,7 +51,7 @@ def relu_forward(x):
 def relu_backward(dy, cache):
     """dx = dy ⊙ [x > 0]   (the derivative at x = 0 is taken as 0, as in PyTorch).
 
-    Derivation: docs/backprop.md, section GELU (ReLU is treated there too).
+    Derivation: [docs/backprop.md, section GELU](../backprop.md#gelu) (ReLU is treated there too).
     """
     positive, dtype = cache
     check_upstream("dy", dy, positive.shape, dtype)
@@ -107,7 +107,7 @@ def gelu_backward(dy, cache):
 
     with, in the tanh form, ½ (1 + t) = σ(2u) and ½ (1 − t²) = 2 σ(2u) (1 − σ(2u)).
 
-    Derivation: docs/backprop.md, section GELU.
+    Derivation: [docs/backprop.md, section GELU](../backprop.md#gelu).
     Reference kernel: [`gelu_backward`][refsparse.kernels.reference.activations.gelu_backward].
     """
     x, gate, approximate = cache

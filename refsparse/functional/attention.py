@@ -183,7 +183,7 @@ def attention_backward(dout, cache):
     The same holds for the entries a causal forward skipped: p = 0 there, so ds = 0 (the
     backward runs over whole matrices: measured here, blocks of rows were slower).
 
-    Derivation: docs/backprop.md, section Attention. Reference kernel of step 3:
+    Derivation: [docs/backprop.md, section Attention](../backprop.md#attention). Reference kernel of step 3:
     [`masked_softmax_grad`][refsparse.kernels.reference.softmax.masked_softmax_grad].
 
     Returns

@@ -78,7 +78,7 @@ def dropout_forward(x, p, rng, training=True):
 def dropout_backward(dy, cache):
     """dx = dy ⊙ keep / (1 − p)   (the same mask and scale as the forward pass).
 
-    Derivation: docs/backprop.md, section Dropout.
+    Derivation: [docs/backprop.md, section Dropout](../backprop.md#dropout).
     """
     check_upstream("dy", dy, cache.shape, cache.dtype)
     keep, scale = cache.keep, cache.scale

@@ -68,7 +68,7 @@ def embedding_backward(dy, cache):
     ``S[v, n] = [ids[n] = v]``: dW = S dy. This is exact (each entry of S is 0 or 1, and
     each row of dy is added in token order) and much faster than ``np.add.at``.
 
-    Derivation: docs/backprop.md, section Embedding.
+    Derivation: [docs/backprop.md, section Embedding](../backprop.md#embedding).
 
     Returns
     -------
@@ -138,7 +138,7 @@ def positional_forward(x, table):
     ----------
     x : ndarray (B, T, C)
     table : ndarray (T_max, C), T <= T_max, same dtype
-        A fixed table (:func:`sinusoidal_encoding`) or a learned positional embedding.
+        A fixed table ([`sinusoidal_encoding`][refsparse.functional.embedding.sinusoidal_encoding]) or a learned positional embedding.
 
     Returns
     -------
@@ -168,7 +168,7 @@ def positional_backward(dy, cache):
     A fixed sinusoidal table ignores dtable; for a learned positional embedding it is the
     weight's gradient. ``dx`` is ``dy`` itself (not a copy).
 
-    Derivation: docs/backprop.md, section Embedding.
+    Derivation: [docs/backprop.md, section Embedding](../backprop.md#embedding).
 
     Returns
     -------

@@ -81,7 +81,7 @@ def layernorm_backward(dy, cache):
 
     The two means come from the dependence of μ and σ² on every x_c of the row.
 
-    Derivation: docs/backprop.md, section LayerNorm.
+    Derivation: [docs/backprop.md, section LayerNorm](../backprop.md#layernorm).
     Reference kernel: [`backward`][refsparse.kernels.reference.layernorm.backward].
 
     Returns

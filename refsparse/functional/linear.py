@@ -68,7 +68,7 @@ def linear_backward(dy, cache):
         dW = dyᵀ @ x             (C_out, C_in), summed over all N rows
         db = Σ_rows dy           (C_out,), or None when the forward had no bias
 
-    Derivation: docs/backprop.md, section Linear.
+    Derivation: [docs/backprop.md, section Linear](../backprop.md#linear).
 
     Returns
     -------

@@ -121,7 +121,7 @@ def cross_entropy_backward(dloss, cache):
     "mean"/"sum", and an array of the targets' shape for "none". Note the order:
     ``cross_entropy_backward(dloss, cache)``.
 
-    Derivation: docs/backprop.md, section Cross-entropy.
+    Derivation: [docs/backprop.md, section Cross-entropy](../backprop.md#cross-entropy).
 
     Returns
     -------

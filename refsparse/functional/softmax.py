@@ -37,7 +37,7 @@ def softmax_forward(x, axis=-1):
     Subtracting the maximum changes nothing mathematically and keeps every exponent
     <= 0, so logits of ±1e4 give finite results. Each slice along ``axis`` must hold at
     least one finite value (a row of −inf only is attention's business: see
-    :func:`refsparse.functional.attention_forward`).
+    [`refsparse.functional.attention_forward`][refsparse.functional.attention.attention_forward]).
 
     Returns
     -------
@@ -57,7 +57,7 @@ def softmax_backward(dy, cache):
 
         ∂y_i/∂x_j = y_i (δ_ij − y_j)   ⇒   dx = y ⊙ (dy − Σ_j dy_j y_j)
 
-    Derivation: docs/backprop.md, section Softmax.
+    Derivation: [docs/backprop.md, section Softmax](../backprop.md#softmax).
     """
     y, axis = cache
     check_upstream("dy", dy, y.shape, y.dtype)

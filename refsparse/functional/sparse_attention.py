@@ -1,6 +1,6 @@
 """Scaled dot-product attention computed only at a sparse pattern's entries.
 
-The same function as :func:`refsparse.functional.attention_forward` with the dense
+The same function as [`refsparse.functional.attention_forward`][refsparse.functional.attention.attention_forward] with the dense
 boolean mask ``pattern.toarray()`` — that dense op is this one's NumPy twin, and the
 tests hold the two together — but its cost and memory are O(nnz), never O(T²):
 
@@ -14,15 +14,15 @@ backward recomputes p_ij from it (FlashAttention's trade of flops for memory):
     dv_j = Σ_i p_ij dO_i,  ds_ij = p_ij (dO_i · v_j − dO_i · O_i),
     dq_i = Σ_j ds_ij k_j / √D,  dk_j = Σ_i ds_ij q_i / √D.
 
-Derivation: docs/sparse-attention.md. Reference kernel (these steps as plain loops over
+Derivation: [docs/sparse-attention.md](../sparse-attention.md). Reference kernel (these steps as plain loops over
 each CSR row, and the backward over the transposed pattern, one screen):
 refsparse/kernels/reference/sparse_attention.py. Fast kernels and the driver that picks
 the path, scratch and slabs: refsparse/kernels/sparse_attention.py.
 
 A *pattern* is a ``scipy.sparse`` CSR boolean array (Tq, Tk) shared by every (batch, head);
 or a list of H of them (one per head); or a list of B lists of 1 or H (per batch element,
-e.g. with key padding); or a :class:`PreparedPattern` made once by
-:func:`prepare_pattern` and reused (modules do this, so the transpose is built once).
+e.g. with key padding); or a [`PreparedPattern`][refsparse.functional.sparse_attention.PreparedPattern] made once by
+[`prepare_pattern`][refsparse.functional.sparse_attention.prepare_pattern] and reused (modules do this, so the transpose is built once).
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def sparse_attention_backward(dout, cache):
     taken over the transposed pattern, and dq_i over row i. A query row with no entry has
     zero dq and contributes nothing to dk and dv.
 
-    Derivation: docs/sparse-attention.md (and docs/backprop.md, section Attention).
+    Derivation: [docs/sparse-attention.md](../sparse-attention.md) (and [docs/backprop.md, section Attention](../backprop.md#attention)).
     """
     q, k, v, out, lse, pp, scale = cache
     B, Tq, H, D = q.shape

@@ -19,11 +19,11 @@ pattern):
 
 The dense gradient dyᵀ x of the masked twin is the gradient of the loss with respect to
 *every* entry of W̃; the sparse layer keeps the entries of the pattern (RigL reads the
-others, in blocks, elsewhere). Derivation: docs/backprop.md, section Linear — the mask
+others, in blocks, elsewhere). Derivation: [docs/backprop.md, section Linear](../backprop.md#linear) — the mask
 only selects entries.
 
-**NumPy twin**: :func:`refsparse.functional.linear.linear_forward` /
-:func:`~refsparse.functional.linear.linear_backward` called with ``W.toarray()``, with
+**NumPy twin**: [`refsparse.functional.linear.linear_forward`][refsparse.functional.linear.linear_forward] /
+[`linear_backward`][refsparse.functional.linear.linear_backward] called with ``W.toarray()``, with
 the dense dW read at the stored entries. The tests hold the two together.
 
 Reference kernel (the same sums as plain loops over W's entries, one screen):
@@ -158,7 +158,7 @@ def sparse_linear_backward(dy, cache):
 
 
 def sparse_linear_dx(dy, cache):
-    """dx = dy W alone (the first part of :func:`sparse_linear_backward`), shaped like x."""
+    """dx = dy W alone (the first part of [`sparse_linear_backward`][refsparse.functional.sparse_linear.sparse_linear_backward]), shaped like x."""
     return _backward(dy, cache, True, False, False)[0].reshape(cache.x_shape)
 
 

@@ -1,8 +1,8 @@
 """PyTorch twins of refsparse's whole models, assembled from torch's own layers.
 
-``TorchDecoderLM(config)`` is the decoder-only LM of :class:`refsparse.models.DecoderLM`
+``TorchDecoderLM(config)`` is the decoder-only LM of [`refsparse.models.DecoderLM`][refsparse.models.DecoderLM]
 built from ``nn.Embedding``, ``nn.TransformerEncoderLayer`` (run with a causal mask),
-``nn.LayerNorm`` and a tied head; :func:`copy_lm_to_torch` and :func:`lm_torch_grads`
+``nn.LayerNorm`` and a tied head; [`copy_lm_to_torch`][refsparse.interop.torch_models.copy_lm_to_torch] and [`lm_torch_grads`][refsparse.interop.torch_models.lm_torch_grads]
 move weights and gradients between the two. Benchmarks and tests use them to run the
 same model on both sides. torch is imported when this module is imported, so import it
 only where torch is wanted.

@@ -259,7 +259,7 @@ def _exp_f32(a):
 def exp_softmax(a):
     """exp(a) for the softmax's a = s − max <= 0 (or a hair above, from rounding).
 
-    float64: ``np.exp``. float32: :func:`refsparse.kernels.activations._exp_f32`, in float32
+    float64: ``np.exp``. float32: `refsparse.kernels.activations._exp_f32`, in float32
     arithmetic — plain arithmetic, so the loops that call it vectorise (8 lanes per AVX2
     register), where ``np.exp`` is a libm call per entry (measured: 0.8 against 1.3 ns an
     entry for the earlier float64 polynomial, in a loop over 4096 arguments; libm's took a

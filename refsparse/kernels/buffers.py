@@ -70,7 +70,7 @@ RECYCLE_IDLE_BYTES = 512 << 20  # the most the idle blocks may hold together (51
 
 
 class _Recycler:
-    """Raw byte blocks (uint8 arrays) handed out by :func:`aligned_empty`, oldest first."""
+    """Raw byte blocks (uint8 arrays) handed out by [`aligned_empty`][refsparse.kernels.buffers.aligned_empty], oldest first."""
 
     def __init__(self, keep):
         self.keep = keep

@@ -18,12 +18,12 @@ to s, True = may NOT attend, or None; ``causal`` also blocks every key j > query
 The kernels exist for speed: the reference walks the
 (…, Tq, Tk) scores ~8 times (scale, mask, max, subtract, exp, sum, divide), these walk
 each row while it sits in cache, and skip the exp of the keys past a causal cut. The
-exponential is :func:`refsparse.kernels.activations.exp_softmax`: ``np.exp`` in float64,
+exponential is [`refsparse.kernels.activations.exp_softmax`][refsparse.kernels.activations.exp_softmax]: ``np.exp`` in float64,
 and in float32 a vectorised polynomial — measured twice as fast as NumPy's float32
 ``np.exp`` on this machine, within one ulp of it.
 
 Each kernel works on ONE slice, serially (``nogil=True``, no ``parallel``): attention
-calls it from the threads of :mod:`refsparse.kernels.parallel`, one slice of the batch
+calls it from the threads of [`refsparse.kernels.parallel`][refsparse.kernels.parallel], one slice of the batch
 per call, between that slice's BLAS products.
 
 Arrays (one dtype, float32 or float64):

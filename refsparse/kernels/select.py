@@ -14,7 +14,7 @@ Arrays (one dtype, float32 or float64):
 Outputs are int64 positions sorted ascending — CSR order, ready to build a canonical CSR
 pattern — or bool masks.
 
-NumPy twins: :func:`topk_indices_numpy` and :func:`group_topn_mask_numpy`, in this file:
+NumPy twins: [`topk_indices_numpy`][refsparse.kernels.select.topk_indices_numpy] and [`group_topn_mask_numpy`][refsparse.kernels.select.group_topn_mask_numpy], in this file:
 a stable sort of the negated scores (stable, so equal scores keep index order and the
 lower index comes first), then the first k. The tests hold each kernel to its twin
 exactly, ties included.
@@ -52,7 +52,7 @@ def topk_indices(scores, k):
     one pass in position order does 2 and 3 and writes the result already sorted.
 
     Memory: one copy of ``scores`` (the partition) and the output.
-    NumPy twin: :func:`topk_indices_numpy`.
+    NumPy twin: [`topk_indices_numpy`][refsparse.kernels.select.topk_indices_numpy].
     """
     n = scores.size
     if k < 0 or k > n:
@@ -84,7 +84,7 @@ def topk_indices(scores, k):
 
 
 def topk_indices_numpy(scores, k):
-    """NumPy twin of :func:`topk_indices`: a stable argsort of −scores, the first k, sorted.
+    """NumPy twin of [`topk_indices`][refsparse.kernels.select.topk_indices]: a stable argsort of −scores, the first k, sorted.
 
     A stable sort keeps equal scores in position order, so the lower position wins a tie.
     O(n log n).
@@ -112,7 +112,7 @@ def group_topn_mask(groups, n):
     reaches n), so O(G · m · min(m, …)) ≤ O(G · m²) in all: meant for the small m of N:M
     sparsity (2:4, 4:8, 8:16). Rows are independent: ``prange`` over G.
 
-    NumPy twin: :func:`group_topn_mask_numpy`.
+    NumPy twin: [`group_topn_mask_numpy`][refsparse.kernels.select.group_topn_mask_numpy].
     """
     G, m = groups.shape
     if n < 0 or n > m:
@@ -134,7 +134,7 @@ def group_topn_mask(groups, n):
 
 
 def group_topn_mask_numpy(groups, n):
-    """NumPy twin of :func:`group_topn_mask`: per row, a stable argsort of −scores, first n."""
+    """NumPy twin of [`group_topn_mask`][refsparse.kernels.select.group_topn_mask]: per row, a stable argsort of −scores, first n."""
     groups = np.asarray(groups)
     G, m = groups.shape
     if not 0 <= n <= m:

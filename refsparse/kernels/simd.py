@@ -2,7 +2,7 @@
 
 A *vector* here is ``L`` consecutive numbers held as one value, L = VECTOR_BYTES / itemsize,
 where VECTOR_BYTES is a quarter of the vector register file of the CPU Numba compiles for
-(see :func:`vector_bytes`): 256 bytes with AVX-512 — 64 float32 or 32 float64, four
+(see [`vector_bytes`][refsparse.kernels.simd.vector_bytes]): 256 bytes with AVX-512 — 64 float32 or 32 float64, four
 512-bit registers — and 64 bytes otherwise — 16 float32 or 8 float64, one cache line, two
 AVX2 registers. A tile of four vectors (the kernels' 4 rows) then holds half the register
 file, and the other half is left for the operands. Six operations:
@@ -24,7 +24,7 @@ and one that moves a square block of numbers, transposed, through registers:
                        line, written without being read first), and vfence() after them
 
 (The kernels' scratch and outputs start on a cache line, so that their rows' vectors do
-not straddle two lines: :func:`refsparse.kernels.buffers.aligned_empty`.)
+not straddle two lines: [`refsparse.kernels.buffers.aligned_empty`][refsparse.kernels.buffers.aligned_empty].)
 
 Why they exist. A register tile — say 4 rows × L columns of a product, accumulated over
 d = 0 … D−1 — keeps its 4 accumulators in registers for the whole loop and touches memory
@@ -157,13 +157,13 @@ def vtranspose(src, i, si, dst, j, sj):
 
 
 def vtranspose_nt(src, i, si, dst, j, sj):
-    """:func:`vtranspose` with non-temporal stores: the K rows written go to memory
+    """[`vtranspose`][refsparse.kernels.simd.vtranspose] with non-temporal stores: the K rows written go to memory
     without first being read into the cache, and do not stay in it.
 
     Every destination row ``dst[j + c·sj]`` must start on a cache line (the compiled
     version stores whole aligned lines, and faults otherwise); each is then exactly one
-    line, K · itemsize = 64 bytes with AVX-512. Call :func:`vfence` before another thread
-    may read what was stored. The numbers are those of :func:`vtranspose`.
+    line, K · itemsize = 64 bytes with AVX-512. Call [`vfence`][refsparse.kernels.simd.vfence] before another thread
+    may read what was stored. The numbers are those of [`vtranspose`][refsparse.kernels.simd.vtranspose].
     """
     vtranspose(src, i, si, dst, j, sj)
 

@@ -37,14 +37,14 @@ In (B, T, H, D) memory a head's consecutive rows are H·D numbers apart — 2 KB
 of 64 in float32 — and a power-of-two stride puts a window's 128 keys on a few cache sets,
 which evicts them before the next group of rows reuses them. Measured here at T = 4096,
 window 128: forward + backward 1.2× faster with the copies, their cost included. SH is set
-by :func:`new_slabs` so that a slab stays under SLAB_BYTES whatever B·H is.
+by [`new_slabs`][refsparse.kernels.sparse_attention.new_slabs] so that a slab stays under SLAB_BYTES whatever B·H is.
 
 Row groups and their shared keys
 --------------------------------
 The kernels work on groups of G = 4 consecutive rows (queries; keys in the backward
 kernel). Neighbouring rows of local, strided, block and BigBird patterns mostly attend to
 the same keys: in a causal window of 128, rows i … i+3 share 125 keys. For each group,
-:func:`shared_segments` finds once per pattern the longest run of keys that all G rows
+[`shared_segments`][refsparse.kernels.sparse_attention.shared_segments] finds once per pattern the longest run of keys that all G rows
 hold at consecutive positions of their CSR rows:
 
     seg_start (PB, PH, n_groups, G) int64   absolute offset in ``indices`` where the run
@@ -55,7 +55,7 @@ hold at consecutive positions of their CSR rows:
 Every entry is still computed exactly once:
 
 - **shared run (fast path)**, the G rows at once, in *register tiles* written with the
-  vectors of :mod:`refsparse.kernels.simd` (L numbers: 64 float32 or 32 float64 on an
+  vectors of [`refsparse.kernels.simd`][refsparse.kernels.simd] (L numbers: 64 float32 or 32 float64 on an
   AVX-512 CPU, 16 or 8 elsewhere — the tile of 4 rows takes half the vector registers):
   - scores: when the run's keys are consecutive (windows, blocks), a tile is G rows × L
     keys, summed over d with the keys transposed (XT[d, j] = k_j[d], so L keys at one d
@@ -82,7 +82,7 @@ tight loop and no rescaling is needed.
 Measured at T = 4096, window 128, 8 heads of 64, float32, forward + backward on 2 threads
 (in one process, 30 alternating runs): minimum 107 ms, median 127 ms with the tiles,
 against 124 and 155 ms with the scalar loops of the previous version. See
-docs/sparse-attention.md, "Where the time goes".
+[docs/sparse-attention.md, "Where the time goes"](../sparse-attention.md#where-the-time-goes).
 
 **Driver.** `forward` and `backward` at the end of this file are what
 `refsparse.functional.sparse_attention` calls: each asks
@@ -137,7 +137,7 @@ def shared_segments(indptr, indices):
     n_groups = ceil(T / G). Where seg_len is 0, seg_start holds each row's first offset.
 
     A G-way merge of the sorted rows: O(nnz) per pattern, run once per pattern by `segments`.
-    Ties go to the first (lowest-key) longest run. NumPy twin: :func:`shared_segments_numpy`.
+    Ties go to the first (lowest-key) longest run. NumPy twin: [`shared_segments_numpy`][refsparse.kernels.sparse_attention.shared_segments_numpy].
     """
     PB, PH, T1 = indptr.shape
     T = T1 - 1
@@ -199,7 +199,7 @@ def shared_segments(indptr, indices):
 
 
 def shared_segments_numpy(indptr, indices):
-    """:func:`shared_segments` in plain NumPy, for reading and for the tests.
+    """[`shared_segments`][refsparse.kernels.sparse_attention.shared_segments] in plain NumPy, for reading and for the tests.
 
     Per full group of G rows: the keys all G rows hold (``np.intersect1d``), each one's
     position in every row, and the runs of shared keys whose positions advance by exactly 1
@@ -685,7 +685,7 @@ def sparse_attention_fwd(q, k, v, indptr, indices, seg_start, seg_len, scale, ou
     before the next group reuses them — and the keys also transposed into ks_t (SH, D, Tk+L)
     for the register tile of the scores (vs_t is (SH, 0, ·): the forward needs no transposed
     values). Then the slab's tasks — blocks of KB groups of G query rows, of each head — in
-    NC = work.shape[0] contiguous chunks of equal work (:func:`_balanced_chunks`), one per
+    NC = work.shape[0] contiguous chunks of equal work (`_balanced_chunks`), one per
     thread, run in parallel; per block: 1. the scores of its rows into a scratch row each
     (work[thread, 0], (KB·G, width + L)), 2. e_j = exp(s_j − m) of each row in place and
     l = Σ_j e_j, 3. out rows = (Σ_j e_j v_j) / l.
@@ -845,13 +845,13 @@ def sparse_attention_bwd(q, k, v, out, dout, lse, t_indptr, t_indices, t_seg_sta
 
     With p_ij = exp(q_i · k_j · scale − lse_i) recomputed per stored entry (i a query that
     may attend to key j), dp_ij = dO_i · v_j, delta_i = dO_i · O_i and
-    ds_ij = p_ij (dp_ij − delta_i) (docs/sparse-attention.md, Backward):
+    ds_ij = p_ij (dp_ij − delta_i) ([docs/sparse-attention.md, Backward](../sparse-attention.md#backward)):
 
         dv_j = Σ_i p_ij dO_i,   dk_j = scale · Σ_i ds_ij q_i,   dq_i = scale · Σ_j ds_ij k_j.
 
     dv_j and dk_j are sums over key j's column: one task writes them. dq_i gathers terms
     from the columns of many keys. So a slab's tasks are cut into NC = dqp.shape[0]
-    contiguous *chunks* of equal work (:func:`_balanced_chunks`; one per thread, run in
+    contiguous *chunks* of equal work (`_balanced_chunks`; one per thread, run in
     parallel), and each chunk adds its terms into partial rows of its own, dqp[c] (NC, SH,
     Tq, D) — only the query rows its keys reach, [lo, hi) per head, are zeroed and used —
     and dq is their sum over the chunks, taken after the slab's chunks (no atomics). The
@@ -896,7 +896,7 @@ def new_work(width, dtype):
     row of a block, width ≥ the longest row (or column, for the backward) of the
     pattern, plus L = VECTOR_BYTES of numbers for the lanes a register tile writes past a
     row; rounded up to whole cache lines and cache-line aligned, so every row starts on
-    a line (:func:`~refsparse.kernels.buffers.aligned_empty`)."""
+    a line ([`aligned_empty`][refsparse.kernels.buffers.aligned_empty])."""
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     return aligned_empty((numba.config.NUMBA_NUM_THREADS, 2, KB * G, _whole_lines(max(int(width), 1) + lanes, dtype)),
                          dtype)

@@ -1,6 +1,6 @@
 """Products of a CSR weight with row-major activations: SpMM (forward, dX) and SDDMM (dW).
 
-These are the hot loops of :class:`refsparse.nn.sparse.SparseLinear`, ``y = x Wᵀ + b``.
+These are the hot loops of [`refsparse.nn.sparse.SparseLinear`][refsparse.nn.sparse.SparseLinear], ``y = x Wᵀ + b``.
 
 Layout legend (all dense arrays C-contiguous, one dtype, float32 or float64):
 
@@ -27,7 +27,7 @@ scratch buffers' last axis, chosen by the caller, a multiple of the vector lengt
 and first copies the tile, transposed, into a small per-thread buffer:
 ``xt[j, t] = x[n0 + t, j]``. Row j of ``xt`` is then a contiguous run of TN numbers, and
 each stored entry costs one vector operation per L of them
-(:mod:`refsparse.kernels.simd`: L = 64 float32 with AVX-512, 16 with AVX2):
+([`refsparse.kernels.simd`][refsparse.kernels.simd]: L = 64 float32 with AVX-512, 16 with AVX2):
 
     forward   yt[o, :] = b[o] + Σ_{j in row o of W}  Ax · xt[j, :]     (gathers)
     dX        dxt[j, :] =       Σ_{o in row j of Wᵀ} At · gt[o, :]     (gathers, gt = dyᵀ)
@@ -46,7 +46,7 @@ Each entry of W is read once per tile and reused for TN rows; each element of th
 activations is transposed once per tile and reused by every stored entry of its column.
 The transposes are tile-sized, in cache, never whole-activation copies (measured here,
 ``np.ascontiguousarray(x.T)`` of a large activation costs more than the dense GEMM), and
-move K × K blocks through registers (:func:`refsparse.kernels.simd.vtranspose`).
+move K × K blocks through registers ([`refsparse.kernels.simd.vtranspose`][refsparse.kernels.simd.vtranspose]).
 The dW sums never build a dense (C_out, C_in) array: their output is one number per
 stored entry.
 
@@ -63,8 +63,8 @@ the forward finishes OB outputs at a time (ot, then stored transposed into y), t
 backward CB input columns at a time (xt and dxt), so that the chunk and the cached tile
 share the cache. The forward also reads its tile xt in column blocks that fit the L1
 cache, each row of W split at the block edges (``Bp``), and the backward its tile gt in
-output blocks, each row of Wᵀ split likewise; see :func:`spmm_forward` and
-:func:`spmm_backward`.
+output blocks, each row of Wᵀ split likewise; see [`spmm_forward`][refsparse.kernels.spmm.spmm_forward] and
+[`spmm_backward`][refsparse.kernels.spmm.spmm_backward].
 
 **Tail tile.** The last tile may hold m < TN rows; its transposed buffers are zero-padded
 to TN so that the vector loops always run over TN lanes (padding contributes 0 to the dot
@@ -136,7 +136,7 @@ def _load_tile_t(a, n0, m, c0, nc, at):
 
     a (N, C) row-major; at (>= nc, TN) a scratch slice: the columns c0 … c0+nc-1 of
     the rows n0 … n0+m-1, transposed. Works in K × K blocks (K = tlanes: one vector register),
-    each moved through registers by :func:`~refsparse.kernels.simd.vtranspose`: K vector
+    each moved through registers by [`vtranspose`][refsparse.kernels.simd.vtranspose]: K vector
     loads from K rows of a, K vector stores into K rows of at. Number by number, the
     same move ran 2.4× slower at C = 2048 (and an earlier row-by-row version slower still).
     """
@@ -166,11 +166,11 @@ def _load_tile_t(a, n0, m, c0, nc, at):
 @numba.njit(**_SERIAL)
 def store_tile_t(at, n0, m, c0, nc, a, stream):
     """a[n0 + t, c0 + c] = at[c, t] for c < nc and t < m: the inverse of
-    :func:`_load_tile_t`, also in K × K blocks through registers. (The attention kernels'
+    `_load_tile_t`, also in K × K blocks through registers. (The attention kernels'
     slab copies use it too, for their transposed rows.)
 
     With ``stream`` the whole blocks are stored with non-temporal stores
-    (:func:`~refsparse.kernels.simd.vtranspose_nt`) where every row of them starts on a
+    ([`vtranspose_nt`][refsparse.kernels.simd.vtranspose_nt]) where every row of them starts on a
     K-number boundary (a's start, its row length C and c0 all multiples of K), then
     fenced; elsewhere, and for the ragged edges, with plain stores. A non-temporal store
     of a whole line writes it to memory without first reading the line into the cache
@@ -218,7 +218,7 @@ def spmm_forward(x, Bp, Aj, Ax, bias, y, xt_buf, ot_buf, stream):
         y       (N, C_out)       output, every element written
         xt_buf  (T, C_in, TN)    scratch, T >= numba.get_num_threads(); TN a multiple of L
         ot_buf  (T, OB, TN)      scratch: OB outputs at a time, 1 <= OB
-        stream  bool             store y with non-temporal stores (:func:`store_tile_t`)
+        stream  bool             store y with non-temporal stores ([`store_tile_t`][refsparse.kernels.spmm.store_tile_t])
 
     Per tile of TN rows: xt = x[tile]ᵀ; then for each chunk of OB outputs o, each column
     block b and each vector slice v of the tile,
@@ -293,7 +293,7 @@ def spmm_backward(dy, x, Bp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
                                   caller; None: no db
         gt_buf   (T, C_out, TN)   scratch: the whole tile of dy, transposed
         xt_buf, dxt_buf (T, CB, TN)   scratch: CB columns of x and of dx at a time
-        stream   bool             store dx with non-temporal stores (:func:`store_tile_t`)
+        stream   bool             store dx with non-temporal stores ([`store_tile_t`][refsparse.kernels.spmm.store_tile_t])
 
     Per tile of TN rows: gt = dy[tile]ᵀ, kept in cache for the whole tile; then for each
     chunk of CB input columns (xt = x[tile, chunk]ᵀ), for each output block b, for each

@@ -9,7 +9,7 @@ equal to it. One switch runs the whole library on either path:
     REFSPARSE_KERNELS=reference python ...        # the environment, read at import
     refsparse train --kernels reference           # the command line
 
-Kernel drivers ask :func:`current` on each call, so a switch takes effect at the next
+Kernel drivers ask [`current`][refsparse.kernels.switch.current] on each call, so a switch takes effect at the next
 call; it is process-wide (not per thread), like NumPy's print options.
 """
 

@@ -1,6 +1,6 @@
 """Parameter and Module: the bookkeeping around the functional forward/backward pairs.
 
-A :class:`Module` owns :class:`Parameter` objects and child modules, both found by
+A [`Module`][refsparse.nn.module.Module] owns [`Parameter`][refsparse.nn.module.Parameter] objects and child modules, both found by
 attribute assignment (as in PyTorch), so ``parameters()`` yields stable dotted names
 such as ``blocks.0.attn.q_proj.weight``. Those names are also the keys of
 ``state_dict()`` and of checkpoints.
@@ -29,10 +29,10 @@ class Parameter:
 
     ``value`` is an ndarray for a dense parameter, or a ``scipy.sparse.csr_array``
     (canonical: sorted indices, no duplicates) for a sparse weight. ``grad`` is
-    always an ndarray shaped like :attr:`values`: for a sparse weight it is aligned
+    always an ndarray shaped like [`values`][refsparse.nn.module.Parameter.values]: for a sparse weight it is aligned
     with ``value.data``, one number per stored entry.
 
-    Optimizers and pruners work on :attr:`values`, the flat writable array of
+    Optimizers and pruners work on [`values`][refsparse.nn.module.Parameter.values], the flat writable array of
     trainable numbers, so one optimizer serves dense and sparse parameters alike.
     """
 
@@ -69,7 +69,7 @@ class Parameter:
         return self.value.dtype
 
     def zero_grad(self):
-        """Set ``.grad`` to zeros shaped like :attr:`values`."""
+        """Set ``.grad`` to zeros shaped like [`values`][refsparse.nn.module.Parameter.values]."""
         self.grad = np.zeros_like(self.values)
 
     def __repr__(self):

@@ -7,9 +7,9 @@ stored entries are kept, multiplied and trained (refsparse/kernels/spmm.py). The
 number per stored entry (``weight.grad`` aligned with ``weight.value.data``), never a
 dense (out, in) array.
 
-Its NumPy twin is :class:`refsparse.nn.Linear` with the dense weight ``W.toarray()``
+Its NumPy twin is [`refsparse.nn.Linear`][refsparse.nn.layers.Linear] with the dense weight ``W.toarray()``
 (zero off the pattern): same outputs, same input gradient, and the same weight gradient
-at the stored entries. :meth:`SparseLinear.from_dense` and :meth:`SparseLinear.to_dense`
+at the stored entries. [`SparseLinear.from_dense`][refsparse.nn.sparse.SparseLinear.from_dense] and [`SparseLinear.to_dense`][refsparse.nn.sparse.SparseLinear.to_dense]
 convert between the two.
 """
 
@@ -64,7 +64,7 @@ class SparseLinear(Module):
     """``y = x @ W.T + b`` with W a CSR array (out_features, in_features), b dense.
 
     Give either ``density`` — a random pattern with exactly ``round(density · out · in)``
-    stored entries placed uniformly (:func:`random_pattern`), whose values are drawn as
+    stored entries placed uniformly ([`random_pattern`][refsparse.nn.sparse.random_pattern]), whose values are drawn as
     ``nn.Linear`` draws its weights, U(−1/√in, 1/√in) — or ``weight``, a CSR array of
     shape (out_features, in_features) which is copied and canonicalised (indices sorted,
     duplicates summed, stored zeros kept). The bias is U(−1/√in, 1/√in) as in
@@ -73,7 +73,7 @@ class SparseLinear(Module):
     ``dtype`` defaults to float64, or to the given weight's dtype; a ``dtype`` that
     disagrees with a given weight's is an error (no silent casts).
 
-    Attributes: ``weight`` (a sparse :class:`Parameter`: ``.value`` CSR, ``.grad`` of
+    Attributes: ``weight`` (a sparse [`Parameter`][refsparse.nn.module.Parameter]: ``.value`` CSR, ``.grad`` of
     shape (nnz,)), ``bias`` (a dense Parameter or None), ``in_features``,
     ``out_features``; properties ``nnz`` and ``density``.
     """
@@ -174,7 +174,7 @@ class SparseLinear(Module):
         return layer
 
     def to_dense(self):
-        """A dense :class:`Linear` with weight ``W.toarray()`` (zeros off the pattern) and the same bias."""
+        """A dense [`Linear`][refsparse.nn.layers.Linear] with weight ``W.toarray()`` (zeros off the pattern) and the same bias."""
         lin = Linear(self.in_features, self.out_features, bias=self.bias is not None,
                      dtype=self.weight.dtype)
         lin.weight.value[...] = self.weight.value.toarray()

@@ -1,13 +1,13 @@
 """Sparse weights over time: criteria, layer distributions, sparsification and methods.
 
-- :mod:`~refsparse.prune.criteria` — which entries to keep: magnitude (per layer or with
+- [`criteria`][refsparse.prune.criteria] — which entries to keep: magnitude (per layer or with
   one global threshold), random, N:M, blocks;
-- :mod:`~refsparse.prune.sparsify` — how many per layer (uniform or ERK), and turning a
-  model's ``Linear`` layers into :class:`~refsparse.nn.SparseLinear`;
-- :mod:`~refsparse.prune.methods` — static sparse training, gradual magnitude pruning,
+- [`sparsify`][refsparse.prune.sparsify] — how many per layer (uniform or ERK), and turning a
+  model's ``Linear`` layers into [`SparseLinear`][refsparse.nn.sparse.SparseLinear];
+- [`methods`][refsparse.prune.methods] — static sparse training, gradual magnitude pruning,
   SET and RigL; `refsparse.prune.imp` — lottery tickets (IMP), the same hooks.
 
-The math and the papers: docs/sparse-training.md.
+The math and the papers: [docs/sparse-training.md](../sparse-training.md).
 """
 
 from .criteria import *  # noqa: F401,F403

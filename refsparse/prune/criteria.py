@@ -2,7 +2,7 @@
 
 Every function here takes dense 2-D arrays of shape (out, in) — weights, or scores such
 as |W| — and returns a bool mask of the same shape: True = keep (store) the entry. The
-masks feed :meth:`refsparse.nn.SparseLinear.from_dense`.
+masks feed [`refsparse.nn.SparseLinear.from_dense`][refsparse.nn.sparse.SparseLinear.from_dense].
 
 Two rules hold everywhere:
 
@@ -14,17 +14,17 @@ Two rules hold everywhere:
   promise: a mask never holds one entry more or less than this count.
 - **Ties.** The score of an entry is |W| for magnitude criteria. On equal scores the
   entry with the lower flat (row-major) index wins, so every mask is a deterministic
-  function of its inputs (:mod:`refsparse.kernels.select`).
+  function of its inputs ([`refsparse.kernels.select`][refsparse.kernels.select]).
 
 =====================  ===============================================================
-:func:`magnitude_mask`  the n_keep(out · in, s) largest |W| of one layer (Han et al. 2015)
-:func:`global_magnitude_masks`  the n_keep(Σ sizes, s) largest |W| over several layers:
+[`magnitude_mask`][refsparse.prune.criteria.magnitude_mask]  the n_keep(out · in, s) largest |W| of one layer (Han et al. 2015)
+[`global_magnitude_masks`][refsparse.prune.criteria.global_magnitude_masks]  the n_keep(Σ sizes, s) largest |W| over several layers:
                         one threshold (Frankle & Carbin 2019, global variant)
-:func:`random_mask`     n_keep positions uniformly at random
-:func:`nm_mask`         N:M — in every group of M consecutive inputs of a row, the N
+[`random_mask`][refsparse.prune.criteria.random_mask]     n_keep positions uniformly at random
+[`nm_mask`][refsparse.prune.criteria.nm_mask]         N:M — in every group of M consecutive inputs of a row, the N
                         largest |W| (Mishra et al. 2021; Zhou et al. 2021)
-:func:`block_mask`      whole (bh × bw) blocks with the largest Σ|W| (Narang et al. 2017)
-:func:`scores_mask`     the general one: the k largest entries of any score array
+[`block_mask`][refsparse.prune.criteria.block_mask]      whole (bh × bw) blocks with the largest Σ|W| (Narang et al. 2017)
+[`scores_mask`][refsparse.prune.criteria.scores_mask]     the general one: the k largest entries of any score array
 =====================  ===============================================================
 
 Scores must be finite: a NaN (a diverged weight) is an error, never silently kept or
@@ -187,7 +187,7 @@ def nm_mask(weight, n, m):
 
     Groups are W[o, g·m : (g+1)·m] for g = 0 … in/m − 1, so ``in_features`` must be a
     multiple of m. Every group keeps exactly n, so the density is exactly n/m (2:4 is
-    NVIDIA's sparse tensor core format: 50 %). Returns bool (out, in); see :func:`is_nm`.
+    NVIDIA's sparse tensor core format: 50 %). Returns bool (out, in); see [`is_nm`][refsparse.prune.criteria.is_nm].
     """
     _check_weight("weight", weight)
     n, m = _check_nm(n, m)
@@ -203,7 +203,7 @@ def is_nm(mask, n, m) -> bool:
     """True ⇔ ``mask`` (out, in) is N:M along its last axis: in % m == 0 and every group
     of m consecutive entries of a row holds *exactly* n True.
 
-    "Exactly", not "at most": the N:M masks of :func:`nm_mask` store n entries per
+    "Exactly", not "at most": the N:M masks of [`nm_mask`][refsparse.prune.criteria.nm_mask] store n entries per
     group, stored zeros included. A shape whose last axis is not a multiple of m is not
     N:M (False, not an error).
     """

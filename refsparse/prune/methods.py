@@ -1,7 +1,7 @@
 """Sparse training methods: how a model's sparse patterns change while it trains.
 
 Every method is an object with hooks that the training loop calls
-(:class:`refsparse.train.Trainer` does; so can any loop of your own)::
+([`refsparse.train.Trainer`][refsparse.train.Trainer] does; so can any loop of your own)::
 
     method.setup(model)                       # once, before the optimizer is built
     while True:
@@ -37,13 +37,13 @@ Every method is an object with hooks that the training loop calls
 =============  =======================================================================
 
 Changing a pattern, the rules every method keeps (the project's design notes, "sparse
-parameters"; docs/sparse-training.md):
+parameters"; [docs/sparse-training.md](../sparse-training.md)):
 
 - the number of stored entries of a layer is exactly what the schedule says;
 - an entry stored both before and after an update *continues*: its value and its
   optimizer state are kept;
 - a dropped entry loses its value and state; a grown entry starts with value 0.0 and
-  zero optimizer state (:meth:`refsparse.optim.Optimizer.remap`). A grown 0.0 is a
+  zero optimizer state ([`refsparse.optim.Optimizer.remap`][refsparse.optim.Optimizer.remap]). A grown 0.0 is a
   stored zero, part of the pattern, and trains from the next step.
 """
 
@@ -181,7 +181,7 @@ class SparseMethod:
     sparsity : float in [0, 1)
         The sparsity the method reaches (over the chosen layers; see ``distribution``).
     distribution : "uniform" | "erk"
-        How the kept entries are shared among layers (:func:`layer_nnz`).
+        How the kept entries are shared among layers ([`layer_nnz`][refsparse.prune.sparsify.layer_nnz]).
     seed : int
         Seeds the method's own Generator (random patterns, random regrowth).
     """
@@ -267,7 +267,7 @@ class GMP(SparseMethod):
     """Gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or not to prune").
 
     The model starts dense; after update t = t0 + kΔt (k = 0 … n) each chosen layer is
-    pruned by magnitude to its share of :func:`gmp_sparsity` (t). A dense layer becomes
+    pruned by magnitude to its share of [`gmp_sparsity`][refsparse.prune.methods.gmp_sparsity] (t). A dense layer becomes
     a SparseLinear at its first pruning with s > 0; from then on only its stored entries
     are computed, and its optimizer state follows its surviving entries.
     """
@@ -351,7 +351,7 @@ def sparsify_with_positions(model, name, positions, optimizer=None):
 
 
 class _DropGrow(SparseMethod):
-    """SET and RigL: a random pattern at step 0 (as :class:`Static`), then drop and grow."""
+    """SET and RigL: a random pattern at step 0 (as [`Static`][refsparse.prune.methods.Static]), then drop and grow."""
 
     def __init__(self, sparsity, *, every, drop_fraction, end=None, **kw):
         super().__init__(sparsity, **kw)
@@ -448,12 +448,12 @@ class RigL(_DropGrow):
     """Rigging the Lottery (Evci et al. 2020).
 
     Every ``every`` updates while t < ``end``, in each sparse layer, with
-    k = round(f(t) · nnz) and f the cosine-annealed :func:`cosine_drop_fraction`:
+    k = round(f(t) · nnz) and f the cosine-annealed [`cosine_drop_fraction`][refsparse.prune.methods.cosine_drop_fraction]:
     drop the k stored entries of smallest |w|; grow the k positions not kept where the
     *dense* gradient |∂L/∂W_ij| = |Σ_n dY[n, i] · X[n, j]| of the update's batch is
     largest (ties to the lower position). As in the paper's Algorithm 1, an update step
     changes the connections instead of the weights: the optimizer does not step there
-    (:meth:`skips_optimizer_step`). The dense gradient exists only at update
+    ([`skips_optimizer_step`][refsparse.prune.methods.RigL.skips_optimizer_step]). The dense gradient exists only at update
     steps and only in blocks of ``block_rows`` rows: (block_rows, in) at a time,
     never (out, in).
     """

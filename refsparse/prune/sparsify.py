@@ -1,21 +1,21 @@
 """Making a model sparse: which layers, how many entries each keeps, and the swap itself.
 
-:func:`sparsify` turns chosen dense :class:`~refsparse.nn.Linear` layers of a model into
-:class:`~refsparse.nn.SparseLinear` layers, in place, keeping the entries a criterion
-(:mod:`refsparse.prune.criteria`) chooses. The pieces:
+[`sparsify`][refsparse.prune.sparsify.sparsify] turns chosen dense [`Linear`][refsparse.nn.layers.Linear] layers of a model into
+[`SparseLinear`][refsparse.nn.sparse.SparseLinear] layers, in place, keeping the entries a criterion
+([`refsparse.prune.criteria`][refsparse.prune.criteria]) chooses. The pieces:
 
-- :func:`prunable_layers` — the layers sparsified by default: the attention projections
-  (q, k, v, out of every :class:`~refsparse.nn.MultiHeadAttention`, self and cross) and
-  the feed-forward layers (linear1, linear2 of :class:`~refsparse.nn.FeedForward`).
+- [`prunable_layers`][refsparse.prune.sparsify.prunable_layers] — the layers sparsified by default: the attention projections
+  (q, k, v, out of every [`MultiHeadAttention`][refsparse.nn.attention.MultiHeadAttention], self and cross) and
+  the feed-forward layers (linear1, linear2 of [`FeedForward`][refsparse.nn.transformer.FeedForward]).
   Embeddings, the output head and LayerNorm stay dense.
-- :func:`layer_nnz` — how many entries each layer keeps: the same sparsity everywhere
-  ("uniform") or Erdős–Rényi-Kernel densities ("erk", :func:`erk_densities`).
-- :func:`replace_module` — the swap: ``setattr`` on the parent module. Modules call
+- [`layer_nnz`][refsparse.prune.sparsify.layer_nnz] — how many entries each layer keeps: the same sparsity everywhere
+  ("uniform") or Erdős–Rényi-Kernel densities ("erk", [`erk_densities`][refsparse.prune.sparsify.erk_densities]).
+- [`replace_module`][refsparse.prune.sparsify.replace_module] — the swap: ``setattr`` on the parent module. Modules call
   their children through attributes (``self.q_proj.forward(x)``), so the model's forward
   and backward run unchanged with the new layer.
-- :func:`sparse_layers`, :func:`sparsity_report`, :func:`overall_sparsity` — what is
+- [`sparse_layers`][refsparse.prune.sparsify.sparse_layers], [`sparsity_report`][refsparse.prune.sparsify.sparsity_report], [`overall_sparsity`][refsparse.prune.sparsify.overall_sparsity] — what is
   sparse now, and how much.
-- :func:`sparsify_like` — gives a freshly built (dense) model the sparse layers a
+- [`sparsify_like`][refsparse.prune.sparsify.sparsify_like] — gives a freshly built (dense) model the sparse layers a
   checkpoint needs, so that ``load_state_dict`` can take its CSR weights.
 
 Counting rule: a sparsity s on ``total`` cells keeps n_keep(total, s) = round(total·(1 − s))
@@ -71,13 +71,13 @@ def prunable_layers(model, include=("attention", "feedforward")):
     ``include`` is a tuple (or list) of kinds:
 
     - ``"attention"``: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` of every
-      :class:`MultiHeadAttention` (self- and cross-attention);
-    - ``"feedforward"``: ``linear1``, ``linear2`` of every :class:`FeedForward`;
+      [`MultiHeadAttention`][refsparse.nn.attention.MultiHeadAttention] (self- and cross-attention);
+    - ``"feedforward"``: ``linear1``, ``linear2`` of every [`FeedForward`][refsparse.nn.transformer.FeedForward];
 
     or the string ``"all"``: every linear layer of the model except those inside the output
     head (``models.OutputHead``, whose ``proj`` maps to the vocabulary). A single kind may
-    be given as a string. The layers are :class:`Linear` or, once sparsified,
-    :class:`SparseLinear`; embeddings, positional tables, LayerNorm and the head are never
+    be given as a string. The layers are [`Linear`][refsparse.nn.layers.Linear] or, once sparsified,
+    [`SparseLinear`][refsparse.nn.sparse.SparseLinear]; embeddings, positional tables, LayerNorm and the head are never
     listed.
     """
     _check_model(model)
@@ -104,7 +104,7 @@ def prunable_layers(model, include=("attention", "feedforward")):
 
 
 def sparse_layers(model):
-    """Every :class:`SparseLinear` of ``model``: ``[(dotted_name, layer), …]``, ``named_modules`` order."""
+    """Every [`SparseLinear`][refsparse.nn.sparse.SparseLinear] of ``model``: ``[(dotted_name, layer), …]``, ``named_modules`` order."""
     _check_model(model)
     return [(name, mod) for name, mod in model.named_modules() if isinstance(mod, SparseLinear)]
 
@@ -113,7 +113,7 @@ def replace_module(model, dotted_name, new_module):
     """Put ``new_module`` where ``model``'s submodule ``dotted_name`` is; returns the old one.
 
     The swap is ``setattr(parent, last_part, new_module)`` (and the parent's list slot, for
-    a :class:`ModuleList`), so parameter names stay the same: ``blocks.0.attn.q_proj.weight``
+    a [`ModuleList`][refsparse.nn.module.ModuleList]), so parameter names stay the same: ``blocks.0.attn.q_proj.weight``
     names the new layer's weight. The root itself (name "") cannot be replaced.
     """
     _check_model(model)
@@ -133,7 +133,7 @@ def replace_module(model, dotted_name, new_module):
 
 
 def _resolve_layers(model, layers):
-    """``layers`` (dotted names, or None for :func:`prunable_layers`) -> [(name, layer)]."""
+    """``layers`` (dotted names, or None for [`prunable_layers`][refsparse.prune.sparsify.prunable_layers]) -> [(name, layer)]."""
     if layers is None:
         return prunable_layers(model)
     if isinstance(layers, str) or not isinstance(layers, (list, tuple)) \
@@ -199,7 +199,7 @@ def erk_densities(shapes, sparsity, erk_power_scale=1.0):
 
     One difference from the reference code: it counts each layer's kept entries as
     N_l − floor(s N_l) inside the equation for ε; here ε is solved with real numbers and
-    the rounding to integers happens once, in :func:`layer_nnz`.
+    the rounding to integers happens once, in [`layer_nnz`][refsparse.prune.sparsify.layer_nnz].
     """
     shapes = _check_shapes(shapes)
     s = check_sparsity("sparsity", sparsity)
@@ -229,7 +229,7 @@ def layer_nnz(shapes, sparsity, distribution="uniform", erk_power_scale=1.0):
     - ``"uniform"``: every layer keeps n_keep(out · in, s) = round(out · in · (1 − s)).
       Each layer is rounded on its own, so the sum may differ from n_keep(Σ sizes, s) by
       up to half an entry per layer.
-    - ``"erk"``: the densities ρ_l of :func:`erk_densities` give real counts a_l = ρ_l N_l
+    - ``"erk"``: the densities ρ_l of [`erk_densities`][refsparse.prune.sparsify.erk_densities] give real counts a_l = ρ_l N_l
       with Σ_l a_l = (1 − s) Σ_l N_l. They become integers by largest-remainder rounding:
       each layer gets floor(a_l), then the K − Σ floor(a_l) entries left over, where
       K = n_keep(Σ_l N_l, s), go one each to the layers with the largest fractional part
@@ -303,20 +303,20 @@ def sparsify(model, sparsity, *, distribution="uniform", criterion="magnitude", 
              erk_power_scale=1.0, n=None, m=None, block=None):
     """Make the chosen linear layers of ``model`` sparse, in place; returns ``model``.
 
-    Each chosen layer is replaced (:func:`replace_module`) by a :class:`SparseLinear`
+    Each chosen layer is replaced ([`replace_module`][refsparse.prune.sparsify.replace_module]) by a [`SparseLinear`][refsparse.nn.sparse.SparseLinear]
     storing the entries the criterion keeps, with their current values (zeros included)
     and the same bias. ``layers`` lists dotted module names (default:
-    :func:`prunable_layers`). The new layers have new Parameter objects: build the
+    [`prunable_layers`][refsparse.prune.sparsify.prunable_layers]). The new layers have new Parameter objects: build the
     optimizer afterwards.
 
     Criteria, and how many entries each layer keeps:
 
     - ``"magnitude"``: the largest |W| of each layer; counts from
-      :func:`layer_nnz` (``distribution`` "uniform" or "erk", ``erk_power_scale``).
+      [`layer_nnz`][refsparse.prune.sparsify.layer_nnz] (``distribution`` "uniform" or "erk", ``erk_power_scale``).
     - ``"random"``: as many entries, at uniformly random positions drawn from ``rng``
       (a ``numpy.random.Generator``, required).
     - ``"global"``: one magnitude threshold over all the chosen layers
-      (:func:`~refsparse.prune.criteria.global_magnitude_masks`): K = n_keep(Σ out·in, s)
+      ([`global_magnitude_masks`][refsparse.prune.criteria.global_magnitude_masks]): K = n_keep(Σ out·in, s)
       entries in all, ties by (layer order, flat index).
     - ``"nm"``: N:M along the input dimension (``n``, ``m`` required); the density is
       n/m and ``sparsity`` is not used (it is still checked).
@@ -326,7 +326,7 @@ def sparsify(model, sparsity, *, distribution="uniform", criterion="magnitude", 
     ``distribution`` other than "uniform" applies to "magnitude" and "random" only;
     giving it (or ``n``/``m``/``block``) to a criterion that does not use it is an error.
 
-    A layer that is already a :class:`SparseLinear` is pruned further among its stored
+    A layer that is already a [`SparseLinear`][refsparse.nn.sparse.SparseLinear] is pruned further among its stored
     entries: "magnitude", "random" and "global" choose among the stored entries only (its
     count must not exceed its nnz: sparsify never grows a pattern; a layer already at its
     count is left as it is). "nm" and "block" need dense layers and raise a TypeError for sparse ones.
@@ -419,7 +419,7 @@ def sparsify_like(model, sparse_param_names):
     """Make the layers owning the given weights sparse (empty pattern), ready for a load.
 
     ``sparse_param_names`` are parameter names such as ``"blocks.0.attn.q_proj.weight"``.
-    Each owning module that is a dense :class:`Linear` becomes a :class:`SparseLinear`
+    Each owning module that is a dense [`Linear`][refsparse.nn.layers.Linear] becomes a [`SparseLinear`][refsparse.nn.sparse.SparseLinear]
     with no stored entry (same shape, dtype and bias), a placeholder: ``load_state_dict``
     then replaces the weight's value by the checkpoint's CSR array, pattern and all.
     Layers already sparse are left alone. Returns ``model``.
@@ -470,8 +470,8 @@ def sparsity_report(model):
 def overall_sparsity(model, only_prunable=True):
     """1 − (Σ stored) / (Σ cells) over a set of parameters (0.0 when the set is empty).
 
-    ``only_prunable=True``: the weights (not the biases) of :func:`prunable_layers` and of
-    every :class:`SparseLinear` — the sparsity :func:`sparsify` promises. ``False``: every
+    ``only_prunable=True``: the weights (not the biases) of [`prunable_layers`][refsparse.prune.sparsify.prunable_layers] and of
+    every [`SparseLinear`][refsparse.nn.sparse.SparseLinear] — the sparsity [`sparsify`][refsparse.prune.sparsify.sparsify] promises. ``False``: every
     parameter of the model (embeddings, norms, biases, the head included).
     """
     _check_model(model)

@@ -108,7 +108,7 @@ def ulp_distance(a, b):
 
 @dataclass
 class TensorResult:
-    """One row of a :class:`Report`.
+    """One row of a [`Report`][refsparse.vectors.compare.Report].
 
     ``status`` is one of "ok", "FAIL" (values out of tolerance), "missing" (in the reference
     only), "extra" (in the candidate only), "shape" or "dtype" (a mismatch). The error fields
@@ -145,7 +145,7 @@ def _fmt_ulp(v):
 
 @dataclass
 class Report:
-    """The result of :func:`compare`: one :class:`TensorResult` per tensor, and the verdict.
+    """The result of [`compare`][refsparse.vectors.compare.compare]: one [`TensorResult`][refsparse.vectors.compare.TensorResult] per tensor, and the verdict.
 
     ``ok`` is True when every compared tensor passed (extra tensors do not count).
     ``str(report)`` is a table; ``report[name]`` is one row; ``report.failures`` the failed rows.
@@ -301,7 +301,7 @@ def compare(reference, candidate, rtol=None, atol=None, max_ulp=None, *, only=No
     reference, candidate : path to a safetensors file, or dict name → array
     rtol, atol : float or None
         Entry-wise ``|c − r| <= atol + rtol·|r|``. None: torch.testing.assert_close's
-        defaults for the reference tensor's dtype (:func:`default_tolerances`). Give
+        defaults for the reference tensor's dtype ([`default_tolerances`][refsparse.vectors.compare.default_tolerances]). Give
         ``rtol=0, atol=0`` for bit-exact values.
     max_ulp : int or None
         If given, also require every entry within this many ULPs (``0``: bit for bit,

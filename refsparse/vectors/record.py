@@ -1,7 +1,7 @@
 """Recording: the context a recipe runs in, the registry of recipes, export and recompute.
 
 A *recipe* (refsparse/vectors/recipes.py) is a function ``recipe(rec) -> (output, backward)``
-that asks the :class:`Recorder` for its inputs and parameters by name. On export the recorder
+that asks the [`Recorder`][refsparse.vectors.record.Recorder] for its inputs and parameters by name. On export the recorder
 draws them from the seed and records them; on recompute it hands back the stored ones, so the
 same recipe both writes a file and re-runs today's code on it.
 """
@@ -239,7 +239,7 @@ class OpInfo:
     ``loss`` marks an op whose output is a scalar loss: its ``grad_output`` is 1 and its
     gradients are those of the loss itself. ``elements(sizes)`` is a lower bound on the
     number of floats the op holds at once (its largest input or activation), which
-    :func:`export` holds against the memory available before it draws anything.
+    [`export`][refsparse.vectors.record.export] holds against the memory available before it draws anything.
     """
 
     name: str
@@ -272,7 +272,7 @@ def register(name, kind, summary, call, conventions=(), *, loss=False, elements=
 
 
 def ops():
-    """Every exportable op, as a list of :class:`OpInfo`, in a stable order."""
+    """Every exportable op, as a list of [`OpInfo`][refsparse.vectors.record.OpInfo], in a stable order."""
     return list(REGISTRY.values())
 
 
@@ -400,7 +400,7 @@ def export(op, *, dtype="float64", seed=0, options=None, **sizes):
     Parameters
     ----------
     op : str
-        An op name from :func:`op_names` (``refsparse vectors list``): a functional op
+        An op name from [`op_names`][refsparse.vectors.record.op_names] (``refsparse vectors list``): a functional op
         (``"layernorm"``), a sparse attention family (``"sparse_attention.strided"``), a
         layer (``"nn.EncoderLayer"``) or a model (``"model.DecoderLM"``).
     dtype : "float64" (the reference precision) or "float32"
@@ -409,7 +409,7 @@ def export(op, *, dtype="float64", seed=0, options=None, **sizes):
         The op's options (``OpInfo.defaults``), e.g. ``{"eps": 1e-6}``, ``{"pattern":
         "strided:stride=8"}``, ``{"label_smoothing": 0.0}``.
     **sizes : ints
-        Any of :data:`DEFAULT_SIZES` (B, T, S, d_model, n_heads, d_ff, vocab, n_layers, d_in,
+        Any of `DEFAULT_SIZES` (B, T, S, d_model, n_heads, d_ff, vocab, n_layers, d_in,
         d_out).
 
     Returns
