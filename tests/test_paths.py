@@ -61,8 +61,20 @@ def test_whole_model_agrees_between_paths(attention, sparse):
     assert abs(loss_f - loss_r) <= 1e-12 * abs(loss_r), (loss_f, loss_r)
     assert _rel(logits_f, logits_r) <= 1e-12
     assert grads_r.keys() == grads_f.keys()
-    bad = {n: _rel(grads_f[n], grads_r[n]) for n in grads_r if _rel(grads_f[n], grads_r[n]) > 1e-12}
-    assert not bad, f"gradients differ between the paths (max rel error): {bad}"
+    # each gradient against its layer's scale (the largest entry of the gradients whose names share
+    # the prefix up to the last dot): a gradient that is zero by the math — the key projection's
+    # bias, since softmax ignores a number added to a whole row of scores — holds only rounding
+    # noise, and relative to itself that noise is O(1) whatever the paths do
+    def layer(n):
+        return n.rsplit(".", 1)[0]
+
+    scale = {}
+    for n, g in grads_r.items():
+        scale[layer(n)] = max(scale.get(layer(n), 0.0), float(np.max(np.abs(g))))
+    errors = {n: float(np.max(np.abs(grads_f[n] - grads_r[n]))) / max(scale[layer(n)], 1e-300) for n in grads_r}
+    bad = {n: e for n, e in errors.items() if e > 1e-12}
+    assert not bad, f"gradients differ between the paths (max error / layer scale): {bad}"
+    assert max(errors.values()) > 0 or attention == "full"  # the paths really are two
 
 
 def test_rigl_training_agrees_between_paths(tmp_path):
