@@ -82,10 +82,10 @@ def shapes():
     """The named shapes: ``default`` is ``refsparse train``'s model, read from TrainConfig."""
     from refsparse.train import TrainConfig
 
-    c = TrainConfig()
+    c = TrainConfig().flat()  # the flat keys of --set
     return {
-        "default": dict(n_layers=c.n_layers, d_model=c.d_model, n_heads=c.n_heads, d_ff=c.d_ff,
-                        seq_len=c.seq_len, batch=c.batch_size, window=DEFAULT_WINDOW),
+        "default": dict(n_layers=c["n_layers"], d_model=c["d_model"], n_heads=c["n_heads"], d_ff=c["d_ff"],
+                        seq_len=c["seq_len"], batch=c["batch_size"], window=DEFAULT_WINDOW),
         "medium": dict(n_layers=4, d_model=256, n_heads=4, d_ff=1024, seq_len=256, batch=16, window=64),
         "large": dict(n_layers=4, d_model=512, n_heads=8, d_ff=2048, seq_len=1024, batch=4, window=128),
     }

@@ -70,7 +70,7 @@ def test_default_shape_is_refsparse_trains():
 
     c, s = TrainConfig(), ts.shapes()["default"]
     assert (s["n_layers"], s["d_model"], s["n_heads"], s["d_ff"], s["seq_len"], s["batch"]) == (
-        c.n_layers, c.d_model, c.n_heads, c.d_ff, c.seq_len, c.batch_size)
+        c.model.n_layers, c.model.d_model, c.model.n_heads, c.model.d_ff, c.model.seq_len, c.optim.batch_size)
     assert s["window"] < s["seq_len"]
     assert ts.shapes()["large"] == dict(n_layers=4, d_model=512, n_heads=8, d_ff=2048, seq_len=1024, batch=4,
                                         window=128)
