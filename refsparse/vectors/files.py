@@ -14,7 +14,20 @@ import numpy as np
 
 from .record import export
 
-__all__ = ["as_tensors", "fingerprint", "load", "save", "write"]
+__all__ = ["as_tensors", "check_output_path", "fingerprint", "load", "save", "write"]
+
+
+def check_output_path(path, what="output"):
+    """``path`` as a string, or IsADirectoryError / FileNotFoundError naming ``what`` when it
+    is a directory or its parent directory does not exist."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what}: {path} is a directory; give a file name, "
+                                f"e.g. {os.path.join(path, 'ref.safetensors')}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{what}: no such directory: {parent}")
+    return path
 
 
 def save(path, tensors, metadata=None, *, what="output"):
@@ -26,13 +39,8 @@ def save(path, tensors, metadata=None, *, what="output"):
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{what}: {path} is a directory; give a file name, "
-                                f"e.g. {os.path.join(path, 'ref.safetensors')}")
+    path = check_output_path(path, what)
     parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"{what}: no such directory: {parent}")
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=parent)
@@ -54,13 +62,7 @@ def write(path, op, **kwargs):
 
     Returns ``(tensors, metadata)``. The path is checked before the (possibly long) export.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"output: {path} is a directory; give a file name, "
-                                f"e.g. {os.path.join(path, 'ref.safetensors')}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"output: no such directory: {parent}")
+    path = check_output_path(path, "output")
     tensors, metadata = export(op, **kwargs)
     save(path, tensors, metadata)
     return tensors, metadata
