@@ -67,6 +67,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic, overload
 
+from .buffers import aligned_empty
 from .reference import activations as ref
 from .switch import current
 
@@ -93,8 +94,8 @@ def gelu_forward(x, approximate):
     if current() == "reference" or x.size < KERNEL_MIN_SIZE:
         return ref.gelu_forward(x, approximate)
     x = np.ascontiguousarray(x)
-    y = np.empty_like(x)
-    gate = np.empty_like(x)
+    y = aligned_empty(x.shape, x.dtype)  # fresh outputs each step: large ones are recycled
+    gate = aligned_empty(x.shape, x.dtype)
     if x.dtype == np.float32:  # vectorised erfc/exp in float64 arithmetic, rounded once
         kernel = gelu_exact_fwd_f32 if approximate == "none" else gelu_tanh_fwd_f32
     else:
@@ -110,7 +111,7 @@ def gelu_backward(dy, x, gate, approximate):
     x = np.ascontiguousarray(x)
     gate = np.ascontiguousarray(gate)
     dy = np.ascontiguousarray(dy)
-    dx = np.empty_like(x)
+    dx = aligned_empty(x.shape, x.dtype)
     if approximate == "none":
         kernel = gelu_exact_bwd_f32 if x.dtype == np.float32 else gelu_exact_bwd
     else:

@@ -41,6 +41,17 @@ RECYCLE_KEEP blocks, or beyond RECYCLE_IDLE_BYTES in idle blocks, the oldest idl
 are dropped (freed as NumPy frees any array) when a new block is made; if all are in use,
 the oldest is forgotten and freed when its user drops it.
 
+**How many blocks it tracks** (RECYCLE_KEEP, 64; 16 before). A training step keeps many
+large arrays alive from forward to backward — a 4-layer model with d_ff 2048 and 4096
+tokens holds each layer's feed-forward input to GELU, its output and its gate, 32 MiB each —
+and with fewer tracked blocks than arrays in use, the recycler forgot the oldest block at
+every request and each step faulted in fresh memory. Measured at that shape (4 layers,
+d_model 512, d_ff 2048, T 1024, batch 4, 90% sparse, window 128, float32, 2 threads): GELU's
+forward took 32 ms a call with 16 blocks and 18 ms with 64, its backward 23 and 9 ms
+(tottime over 3 steps under cProfile; the kernel alone, into memory written before, takes
+16–18 and 8–9 ms), about 0.1 s of a 1.2 s step. The cost of tracking more: a walk over at
+most 64 blocks per request of 4 MiB or more.
+
 Numbers never depend on where the memory came from: every kernel writes every element of
 its outputs before anyone reads them, and its scratch before it reads it.
 
@@ -55,6 +66,7 @@ about 10), hence the slow steps: the ratio is rough, but well above the bar.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -65,7 +77,7 @@ from .simd import CACHE_LINE
 __all__ = ["RECYCLE_BYTES", "RECYCLE_IDLE_BYTES", "RECYCLE_KEEP", "aligned_empty", "release_buffers", "set_recycling"]
 
 RECYCLE_BYTES = 4 << 20  # blocks at least this large (4 MiB) go through the recycler
-RECYCLE_KEEP = 16  # blocks the recycler keeps track of, idle or in use
+RECYCLE_KEEP = 64  # blocks the recycler keeps track of, idle or in use
 RECYCLE_IDLE_BYTES = 512 << 20  # the most the idle blocks may hold together (512 MiB)
 
 
@@ -151,8 +163,8 @@ def aligned_empty(shape, dtype, align=CACHE_LINE):
     undefined, and the array shares its memory with no other live array.
     """
     dtype = np.dtype(dtype)
-    shape = (shape,) if np.isscalar(shape) else tuple(shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
+    nbytes = math.prod(shape) * dtype.itemsize
     if _recycler.on and nbytes + align >= RECYCLE_BYTES:
         raw = _recycler.take(nbytes + align)  # (nbytes + align,) bytes
     else:
