@@ -24,12 +24,12 @@ import sys
 
 from . import __version__
 
-# Defaults that differ from TrainConfig's for the synthetic seq2seq tasks: a smaller
+# Defaults that differ from TrainConfig's for the synthetic seq2seq tasks: a smaller, dense
 # encoder-decoder that reaches ~100% exact match on length <= 12 in about two minutes.
 TASK_DEFAULTS = {
     "d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 256, "steps": 1000, "batch_size": 64,
     "lr": 3e-3, "min_lr": 1e-4, "warmup_steps": 100, "weight_decay": 0.01, "eval_every": 500,
-    "eval_batches": 4, "activation": "relu",
+    "eval_batches": 4, "activation": "relu", "sparsity": 0.0, "method": "static", "attention": "full",
 }
 
 
@@ -106,6 +106,8 @@ def _build_train_config(args):
         task = args.task or values.get("task", "lm")
     if task != "lm":
         values = {**TASK_DEFAULTS, **values}
+    if args.dense:
+        _apply_dense(args, values, explicit, task)
     values["task"] = task
     for key in _TRAIN_FLAGS[1:]:
         v = getattr(args, key, None)
@@ -127,9 +129,28 @@ def _build_train_config(args):
     return TrainConfig.from_dict(values)
 
 
+def _apply_dense(args, values, explicit, task):
+    """--dense: the dense baseline (config.DENSE_BASELINE) under the settings the user gave;
+    sparsity and method cannot be given with it."""
+    from .config import DENSE_BASELINE
+
+    given = {k: "--" + k for k in _TRAIN_FLAGS if getattr(args, k, None) is not None}
+    given.update({k: "--set" for k in _set_items(args)})
+    given.update({k: "--config" for k in explicit})
+    for key in ("sparsity", "method"):
+        if key in given:
+            raise ValueError(f"--dense: trains dense weights, so {key} cannot be given with it "
+                             f"(got {key} from {given[key]}); drop --dense to train sparse weights")
+    base = DENSE_BASELINE if task == "lm" else {k: DENSE_BASELINE[k] for k in ("sparsity", "method",
+                                                                                 "attention")}
+    values.update({k: v for k, v in base.items() if k not in explicit})
+
+
 def _resume_overrides(args):
     """The settings given with --resume, as {flat key: value}; Trainer.resume applies those
     that may change (steps, …) and refuses the others when they differ from the run's."""
+    if args.dense:
+        raise ValueError("--dense: cannot be used with --resume (the run keeps its own settings)")
     if args.config or args.overwrite:
         raise ValueError(f"--resume: {'--config' if args.config else '--overwrite'} cannot be used "
                          "with --resume (the run keeps its own settings and directory)")
@@ -153,6 +174,33 @@ def _describe(trainer):
     return (f"{article} {what} ({weights}; attention {cfg.model.attention}): "
             f"{trainer.model.num_parameters():,} parameters, {cfg.model.dtype}, {cfg.optim.steps} "
             f"steps of batch {cfg.optim.batch_size}")
+
+
+def _mb(n):
+    return f"{n / 1e6:.2f} MB"
+
+
+def savings_lines(s):
+    """The summary lines of what sparsity bought (`refsparse.savings.measure`'s dict)."""
+    w, p, a, ck = s["weights"], s["parameters"], s["attention"], s["checkpoint_bytes"]
+    csr = " (stored as CSR)" if w["all"]["stored"] < w["all"]["cells"] else ""
+    lines = [f"sparsity: attention weights {w['attention']['sparsity']:.3f}, feed-forward "
+             f"{w['feedforward']['sparsity']:.3f}, both {w['all']['sparsity']:.3f}{csr}",
+             f"stored: {w['all']['stored']:,} of {w['all']['cells']:,} weights "
+             f"({w['all']['stored'] / w['all']['cells']:.3f}); all parameters {p['stored']:,} of "
+             f"{p['dense']:,} ({p['stored'] / p['dense']:.3f})",
+             f"attention: {a['per_row']:.1f} entries per query row, T = {a['t']} "
+             f"(dense causal attention: {a['full_per_row']:.1f})",
+             f"checkpoint: {_mb(ck['model'])} against {_mb(ck['dense'])} for the same model dense "
+             f"({ck['model'] / ck['dense']:.2f}×)"]
+    if "step_ms" in s:
+        t = s["step_ms"]
+        r = t["dense"] / t["model"]
+        pace = f"{r:.2f}× faster" if r >= 1 else f"{1 / r:.2f}× slower"
+        lines.append(f"step time: {t['model']:.1f} ms against {t['dense']:.1f} ms for the same "
+                     f"model dense ({pace}; medians of {t['steps']} steps each, timed in turns "
+                     f"in this run)")
+    return lines
 
 
 def _cmd_train(args):
@@ -188,6 +236,8 @@ def _cmd_train(args):
         h = summary["unigram_entropy"]
         print(f"val loss / unigram entropy = {summary['val_loss']:.4f} / {h:.4f} = "
               f"{summary['val_loss'] / h:.3f};  {summary['bits_per_char']:.3f} bits per character")
+        for line in savings_lines(summary["savings"]):
+            print(line)
         from .decode import generate
 
         # "The " on the built-in corpus; on another text, its first characters
@@ -422,10 +472,16 @@ def build_parser():
     p.add_argument("--version", action="version", version=f"refsparse {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model (default: a small language model, ~2.5 min)",
-                       description="Train a model. With no options: a 3-layer decoder-only "
-                       "character language model on the built-in corpus (Python's own "
-                       "documentation), about 2.5 minutes on 2 cores.")
+    t = sub.add_parser("train", help="train a model (default: the Sparsity Transformer, a small "
+                       "sparse language model, ~2 min)",
+                       description="Train a model. With no options: the Sparsity Transformer, a "
+                       "3-layer decoder-only character language model on the built-in corpus "
+                       "(Python's own documentation) whose attention and feed-forward weights "
+                       "are pruned to 90% sparsity (CSR) by gradual magnitude pruning as it "
+                       "trains, with causal local attention (window 8); about 2 minutes on 2 "
+                       "cores. It ends with what sparsity bought: stored weights, checkpoint "
+                       "size and step time against the same model dense. --dense trains the "
+                       "dense baseline.")
     t.add_argument("--task", choices=["lm", "copy", "reverse", "sort"],
                    help="lm: language model on a text (default); copy/reverse/sort: an "
                         "encoder-decoder on that synthetic sequence task")
@@ -436,26 +492,33 @@ def build_parser():
                    help="override one setting, e.g. --set d_model=64 (repeatable)")
     t.add_argument("--dtype", choices=["float32", "float64"], help="parameter precision (default float32)")
     t.add_argument("--attention", metavar="SPEC",
-                   help="sparse attention pattern, e.g. local:window=64, strided:stride=16, "
-                        "fixed:block=16,c=2, bigbird:block=16 (default full: dense attention; "
+                   help="attention pattern, e.g. local:window=64, strided:stride=16, "
+                        "fixed:block=16,c=2, bigbird:block=16, or full (dense attention); "
+                        "default local:window=8 for the language model, full for the tasks; "
                         "see refsparse patterns --help)")
     t.add_argument("--sparsity", type=float, metavar="S",
                    help="make the attention projections and feed-forward weights S-sparse "
-                        "(e.g. 0.9 stores 10%% of them, as scipy CSR arrays; default 0: dense)")
+                        "(e.g. 0.9 stores 10%% of them, as scipy CSR arrays; default 0.9 for the "
+                        "language model, 0 (dense) for the tasks)")
     t.add_argument("--method", choices=["static", "gmp", "imp", "set", "rigl"],
-                   help="how the sparse pattern is reached: static (a fixed random pattern, "
-                        "default), gmp (gradual magnitude pruning), imp (lottery tickets: "
+                   help="how the sparse pattern is reached: gmp (gradual magnitude pruning, "
+                        "the default), static (a fixed random pattern), imp (lottery tickets: "
                         "prune, rewind, retrain), set (drop smallest, regrow at random), rigl "
-                        "(drop smallest, regrow where the gradient is largest); all but static "
-                        "need --sparsity. Their knobs: --set prune_every=…, update_every=…, "
+                        "(drop smallest, regrow where the gradient is largest). Their knobs: "
+                        "--set prune_begin=…, prune_end=…, prune_every=…, update_every=…, "
                         "drop_fraction=…, set_drop=signed (SET as in Mocanu et al.), imp_rounds=…")
     t.add_argument("--distribution", choices=["uniform", "erk"],
                    help="how the stored weights are shared among layers: uniform (every "
                         "layer S-sparse, default) or erk (Erdős–Rényi-Kernel: smaller "
                         "layers denser, same total)")
+    t.add_argument("--dense", action="store_true",
+                   help="the dense baseline: the same model with dense weights and full "
+                        "attention, for 600 steps (about the sparse default's time; the default "
+                        "run before the Sparsity Transformer); --attention and --steps still apply")
     t.add_argument("--seed", type=int, help="seed for weights, dropout and batches (default 0)")
     t.add_argument("--steps", type=int,
-                   help="number of training steps (default 600; 1000 for copy/reverse/sort). The "
+                   help="number of training steps (default 1200; 600 with --dense; 1000 for "
+                        "copy/reverse/sort). The "
                         "default warm-up (warmup_steps: 50; 100 for the tasks) is cut to STEPS "
                         "when it exceeds them; a warmup_steps set with --set or --config that "
                         "exceeds STEPS is an error")
@@ -794,26 +857,39 @@ def _vectors_positive_int(text):
     return v
 
 
-def _one_blas_thread_by_default():
-    """Run OpenBLAS on one thread unless the user chose otherwise (before numpy is imported).
+# The threads' environment of `refsparse train` (and of refsparse in bench/), for variables
+# the user has not set; see _thread_defaults.
+THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "GOMP_SPINCOUNT": "10000"}
 
-    On a 2-core machine OpenBLAS's own threads compete with the Numba kernels' threads and
-    with anything else running; for the small matrix products of these models that made a
-    training step 2–10× slower (measured here: 0.31 s/step with one BLAS thread against
-    0.6–9 s with two, on a machine with other work). With BLAS on one thread, refsparse
-    splits big matrix products over its own sleeping threads instead
-    ([`refsparse.kernels.parallel`][refsparse.kernels.parallel]). Numba's OpenMP threads would otherwise spin for
-    milliseconds after each kernel and slow the next product; OMP_WAIT_POLICY=passive
-    makes them sleep. Set either variable to override.
+
+def _thread_defaults():
+    """Set THREAD_ENV's variables the user has not set, before numpy and Numba start threads.
+
+    ``OPENBLAS_NUM_THREADS=1``: on a 2-core machine OpenBLAS's own threads compete with the
+    Numba kernels' threads and with anything else running; for the small matrix products of
+    these models that made a training step 2–10× slower (measured: 0.31 s/step with one BLAS
+    thread against 0.6–9 s with two, on a machine with other work). With BLAS on one thread,
+    refsparse splits big matrix products over its own sleeping threads instead
+    ([`refsparse.kernels.parallel`][refsparse.kernels.parallel]).
+
+    ``GOMP_SPINCOUNT=10000``: after a parallel kernel, Numba's OpenMP threads spin this many
+    times (about 0.1–0.3 ms) waiting for the next one, then sleep. A training step runs
+    ~150 short kernels back to back, each a few hundred µs on the default model: threads
+    put to sleep at once (``OMP_WAIT_POLICY=passive``, this setting's predecessor) are woken
+    for every one of them, while libgomp's default spin (300,000 times, milliseconds) keeps
+    them busy into the matrix product that follows, whose threads they slow. Measured on the
+    default model's step (90% sparse, local window 8), 5 paired rounds in alternating
+    processes on 2 cores: sparse 87.3 → 75.7 ms, dense 154 → 165 ms (median; the rounds
+    spread ±15%). ``OMP_WAIT_POLICY`` set by the user still rules (passive ignores the spin).
     """
     import os
 
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # refsparse splits big products itself
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # Numba's OpenMP threads sleep between kernels
+    for key, value in THREAD_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def main(argv=None):
-    _one_blas_thread_by_default()
+    _thread_defaults()
     from .checkpoint import CheckpointError
 
     parser = build_parser()

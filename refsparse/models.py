@@ -436,6 +436,16 @@ class DecoderLM(Module):
                               pattern=self._patterns(i, x.shape[1]))
         return self.head.compute(self.norm_f.compute(x))  # (B, T, V)
 
+    def attention_pattern(self, layer, t):
+        """Block ``layer``'s attention pattern at sequence length ``t``, made causal: a
+        [`ReadyPattern`][refsparse.nn.ReadyPattern], or None for dense causal attention
+        (spec ``"full"``). The same object every forward at length ``t`` uses."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(self.blocks):
+            raise ValueError(f"layer: expected a block index in [0, {len(self.blocks)}), got {layer!r}")
+        if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= self.config.max_len:
+            raise ValueError(f"t: expected a length in [1, max_len={self.config.max_len}], got {t!r}")
+        return self._patterns(layer, t)
+
     def backward(self, dlogits):
         """Accumulate every parameter's gradient; the ids have none, so returns None."""
         dx = self.norm_f.backward(self.head.backward(dlogits))

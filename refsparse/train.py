@@ -36,7 +36,8 @@ the resumed run ends bit-identical to a run that was never interrupted.
   ``"exact_match"``); IMP adds ``"round"``;
 - the last record of a run: ``{"run_id", "step", "eval": "final", "final_val_loss", …}``, the
   loss on the *whole* validation set, the number ``refsparse train`` prints (``lm`` adds
-  ``"bits_per_char"``, tasks ``"final_exact_match"``).
+  ``"bits_per_char"`` and ``"savings"``, what sparsity bought, measured against the same model
+  dense: see `refsparse.savings`; tasks add ``"final_exact_match"``).
 
 A resumed run appends to it; records written after the checkpoint it resumes are dropped
 first, so no step appears twice.
@@ -72,7 +73,8 @@ __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "RESUMABLE_KEYS", "RunCon
            "SparseConfig", "TrainConfig", "Trainer", "deferred_interrupt"]
 
 # settings a resumed run may change: they do not change what was trained so far
-RESUMABLE_KEYS = ("steps", "eval_every", "eval_batches", "log_every", "save_every", "sample_chars")
+RESUMABLE_KEYS = ("steps", "eval_every", "eval_batches", "log_every", "save_every", "sample_chars",
+                  "compare_steps")
 
 
 class RunWriteError(OSError):
@@ -459,7 +461,7 @@ class Trainer:
 
         Returns a summary dict: ``step``, ``train_loss``, ``interrupted``, ``elapsed``,
         ``checkpoint`` and, unless interrupted, the final evaluation (``val_loss`` over the
-        whole validation set, ``bits_per_char`` or ``exact_match``). A method that trains
+        whole validation set, ``bits_per_char`` and ``savings``, or ``exact_match``). A method that trains
         several runs (IMP) adds ``rounds``: each run's final numbers.
         """
         c = self.cfg
@@ -489,8 +491,11 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                         if record is not None:
-                            bar.set_postfix(loss=f"{last_loss:.3f}",
-                                            tok_s=f"{record['tokens_per_s'] or 0:.0f}")
+                            shown = {"loss": f"{last_loss:.3f}",
+                                     "tok_s": f"{record['tokens_per_s'] or 0:.0f}"}
+                            if self.method is not None:  # while a method changes it
+                                shown["sparsity"] = f"{self._stored_sparsity():.3f}"
+                            bar.set_postfix(shown)
                 path = self.save()  # a good state before the final evaluation
                 final = self.final_evaluation()
                 summary = dict(final)
@@ -498,6 +503,7 @@ class Trainer:
                           "eval": "final", "final_val_loss": final["val_loss"]}
                 if c.data.task == "lm":
                     record["bits_per_char"] = final["val_loss"] / math.log(2)
+                    summary["savings"] = record["savings"] = self.measure_savings(path)
                 else:
                     record["final_exact_match"] = final["exact_match"]
                 self._write(record)
@@ -534,6 +540,30 @@ class Trainer:
             out["rounds"] = rounds
         return out
 
+    def measure_savings(self, checkpoint):
+        """What sparsity bought (`refsparse.savings.measure`): the model against its dense twin,
+        with the step times taken on copies (the run's state is not touched) on a batch of
+        a stream of its own (seed + 3), and ``checkpoint``'s size against the twin's."""
+        from . import savings
+
+        c = self.cfg
+        rng = np.random.default_rng(c.run.seed + 3)
+        batch = D.get_lm_batch(self.train_ids, c.optim.batch_size, c.model.seq_len, rng)
+        state = None if self.method is None else {"method": self.method.state_dict()}
+        sparse = self._stored_sparsity() > 0 or any(
+            self.model.attention_pattern(i, c.model.seq_len) is not None for i in range(c.model.n_layers))
+        fields = {"step": self.step, "rng_states": self._rng_states(), "tokenizer": self.tokenizer,
+                  "extra": self._checkpoint_extra(), "state": state}
+        return savings.measure(self.model, batch, checkpoint=checkpoint, checkpoint_fields=fields,
+                               lr=float(self.opt.lr), weight_decay=c.optim.weight_decay,
+                               betas=(c.optim.beta1, c.optim.beta2), grad_clip=c.optim.grad_clip,
+                               steps=c.run.compare_steps if sparse else 0)  # dense: its own twin
+
+    def _checkpoint_extra(self):
+        return {"train_config": self.cfg.to_dict(), "run_id": self.run_id,
+                "metrics_records": self.records, "unlogged": self.unlogged,
+                "last_loss": self.last_loss}
+
     def _stored_sparsity(self):
         from .prune.sparsify import prunable_layers
 
@@ -557,9 +587,7 @@ class Trainer:
                 self.claim_run_dir()  # never into another run's directory
             path = self.checkpoint_path or os.path.join(self.run_dir, "checkpoint.npz")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        extra = {"train_config": self.cfg.to_dict(), "run_id": self.run_id,
-                 "metrics_records": self.records, "unlogged": self.unlogged,
-                 "last_loss": self.last_loss}
+        extra = self._checkpoint_extra()
         state = None if self.method is None else {"method": self.method.state_dict()}
         try:
             return save_checkpoint(path, self.model, optimizer=self.opt, step=self.step,

@@ -512,7 +512,7 @@ def test_cli_sparse_train_prune_info(tmp_path, capsys):
     assert main(["eval", "--checkpoint", ckpt]) == 0
     capsys.readouterr()
 
-    assert main(["train", *common, "--name", "dense"]) == 0
+    assert main(["train", *common, "--name", "dense", "--dense"]) == 0
     capsys.readouterr()
     dense = str(tmp_path / "runs" / "dense" / "checkpoint.npz")
     for criterion, extra in [("magnitude", []), ("global", []), ("random", []),

@@ -13,8 +13,10 @@ from refsparse.models import DecoderLM, DecoderLMConfig
 from refsparse.decode import generate
 from refsparse.train import TrainConfig, Trainer
 
+# the training machinery on a dense model (the defaults train a sparse one: DENSE undoes it)
+DENSE = dict(sparsity=0.0, method="static", attention="full")
 TINY = dict(d_model=16, n_heads=2, n_layers=1, d_ff=32, seq_len=16, batch_size=4, steps=6,
-            warmup_steps=2, eval_every=3, eval_batches=2, log_every=1)
+            warmup_steps=2, eval_every=3, eval_batches=2, log_every=1, **DENSE)
 
 
 def tiny_text(tmp_path):

@@ -11,7 +11,8 @@ from refsparse.decode import generate
 from refsparse.train import TrainConfig, Trainer
 
 TINY = {"d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "seq_len": 16, "batch_size": 2, "steps": 2,
-        "warmup_steps": 0, "eval_every": 2, "eval_batches": 1, "log_every": 1, "sample_chars": 5}
+        "warmup_steps": 0, "eval_every": 2, "eval_batches": 1, "log_every": 1, "sample_chars": 5,
+        "sparsity": 0.0, "method": "static", "attention": "full"}  # dense: the defaults are sparse
 
 
 def set_args(*skip):

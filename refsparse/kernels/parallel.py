@@ -36,9 +36,10 @@ environment, read once; otherwise BLAS threads the product itself) and a product
 least ``MIN_FLOPS``. Small products — all of the tests' and the golden vectors' — are one
 plain ``np.dot``.
 
-Set ``OMP_WAIT_POLICY=passive`` before the first Numba kernel runs (``refsparse train``
-and the benchmarks do): by default Numba's OpenMP threads spin for milliseconds after each
-parallel kernel, and the product that follows ran 19 → 24–26 ms here for it.
+Numba's OpenMP threads spin for milliseconds after each parallel kernel by default, and the
+product that follows ran 19 → 24–26 ms here for it. ``refsparse train`` and the benchmarks
+set ``GOMP_SPINCOUNT=10000`` before the first kernel runs: a spin of about 0.1–0.3 ms, then
+sleep (`refsparse.cli.THREAD_ENV`, where the choice is measured).
 
 End-to-end gain, measured: one AdamW training step of a small float32 DecoderLM (4
 layers, d_model 128, d_ff 512, T 128, batch 16) with ``OPENBLAS_NUM_THREADS=1`` took 1.09×
