@@ -22,8 +22,8 @@ refsparse's ms/step ÷ torch dense's ms/step at the same shape and dtype.
 Shapes (``--shapes``):
 
 - ``default``: the model ``refsparse train`` trains by default (``TrainConfig``'s d_model,
-  n_layers, n_heads, d_ff, seq_len and batch_size, read at run time), local window 32
-  (< T, so the window really drops keys);
+  n_layers, n_heads, d_ff, seq_len and batch_size, read at run time), and its local window
+  (``attention``'s ``local:window=W``; 32 if the default attention is another pattern);
 - ``large``: 4 layers, d_model 512, 8 heads, d_ff 2048, T 1024, batch 4, local window 128;
 - ``medium``: 4 layers, d_model 256, 4 heads, d_ff 1024, T 256, batch 16, window 64 (this
   script's only shape before the sparse variants).
@@ -75,7 +75,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-DEFAULT_WINDOW = 32  # the local window at the default shape (T 64 there): < T
+from refsparse.cli import THREAD_ENV  # noqa: E402  (stdlib only: no thread starts here)
 
 
 def shapes():
@@ -83,9 +83,11 @@ def shapes():
     from refsparse.train import TrainConfig
 
     c = TrainConfig().flat()  # the flat keys of --set
+    spec = c["attention"]  # the default run's window ("local:window=W")
+    window = int(spec.split("window=")[1].split(",")[0]) if spec.startswith("local:window=") else 32
     return {
         "default": dict(n_layers=c["n_layers"], d_model=c["d_model"], n_heads=c["n_heads"], d_ff=c["d_ff"],
-                        seq_len=c["seq_len"], batch=c["batch_size"], window=DEFAULT_WINDOW),
+                        seq_len=c["seq_len"], batch=c["batch_size"], window=window),
         "medium": dict(n_layers=4, d_model=256, n_heads=4, d_ff=1024, seq_len=256, batch=16, window=64),
         "large": dict(n_layers=4, d_model=512, n_heads=8, d_ff=2048, seq_len=1024, batch=4, window=128),
     }
@@ -232,6 +234,7 @@ def worker(args):
               "median_ms": 1000 * med, "tokens_per_s": tokens / med, "peak_rss_mb": peak_rss_mb(),
               "env": environment(),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+              "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
               "refsparse_split_threads": _split_threads() if args.lib == "refsparse" else None}
     with open(args.json, "w") as f:
         json.dump(result, f)
@@ -268,11 +271,16 @@ def _parser():
                    help="run each process this many times, alternating the order; the median is "
                         "over the timed steps of all rounds (this machine's speed drifts by 20%% "
                         "from minute to minute)")
-    p.add_argument("--refsparse-blas-threads", default=os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+    p.add_argument("--refsparse-blas-threads",
+                   default=os.environ.get("OPENBLAS_NUM_THREADS", THREAD_ENV["OPENBLAS_NUM_THREADS"]),
                    help="OPENBLAS_NUM_THREADS for the refsparse process (default 1, as refsparse train)")
-    p.add_argument("--refsparse-omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY", "passive"),
-                   help="OMP_WAIT_POLICY for the refsparse process (default passive: Numba's OpenMP "
-                        "threads sleep between kernels instead of spinning for milliseconds)")
+    p.add_argument("--refsparse-spincount",
+                   default=os.environ.get("GOMP_SPINCOUNT", THREAD_ENV["GOMP_SPINCOUNT"]),
+                   help="GOMP_SPINCOUNT for the refsparse process (default as refsparse train: "
+                        "Numba's OpenMP threads spin briefly between kernels, then sleep)")
+    p.add_argument("--refsparse-omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY"),
+                   help="OMP_WAIT_POLICY for the refsparse process (default unset, as refsparse "
+                        "train; passive ignores the spin count)")
     p.add_argument("--out", default=None,
                    help="where to write the JSON (default bench/results/train_step.json)")
     p.add_argument("--worker", choices=["refsparse", "torch"], help=argparse.SUPPRESS)
@@ -292,15 +300,17 @@ def _measure(shape, dtype, variants, args):
     for rnd in range(args.rounds):
         for lib, vname in (jobs if rnd % 2 == 0 else jobs[::-1]):
             print(f"round {rnd + 1}: {dtype} {lib} {vname} ...", file=sys.stderr)
-            # refsparse as `refsparse train` runs it: OpenBLAS on one thread (refsparse splits
-            # the big products over its own threads), Numba on all cores, and Numba's OpenMP
-            # threads asleep between kernels instead of spinning into the next product
+            # refsparse as `refsparse train` runs it (refsparse.cli.THREAD_ENV): OpenBLAS on one
+            # thread (refsparse splits the big products over its own threads), Numba on all
+            # cores, its OpenMP threads spinning briefly between kernels, then asleep
             env = None
             wargs = [lib, "--shape", json.dumps(shape), "--dtype", dtype, "--steps", str(args.steps),
                      "--warmup", str(args.warmup)]
             if lib == "refsparse":
                 env = {"OPENBLAS_NUM_THREADS": args.refsparse_blas_threads,
-                       "OMP_WAIT_POLICY": args.refsparse_omp_wait_policy}
+                       "GOMP_SPINCOUNT": args.refsparse_spincount}
+                if args.refsparse_omp_wait_policy:
+                    env["OMP_WAIT_POLICY"] = args.refsparse_omp_wait_policy
                 wargs += ["--variant", vname] + (["--check"] if rnd == 0 else [])
             done[(lib, vname)].append(run_worker(__file__, wargs, env=env))
     return {job: _pool_rounds(done[job], shape) for job in jobs}
@@ -381,8 +391,10 @@ def main(argv=None):
                   f"{s['batch']}, {dtype}, {pooled[('torch', 'dense')]['parameters']:,} parameters dense; "
                   f"median of {args.rounds} × {args.steps} steps ({args.rounds} round(s), each after "
                   f"{args.warmup} warm-up steps, the processes taking turns to go first), each in its own "
-                  f"process; refsparse with OPENBLAS_NUM_THREADS={args.refsparse_blas_threads} and "
-                  f"OMP_WAIT_POLICY={args.refsparse_omp_wait_policy} (Numba kernels and the split matrix "
+                  f"process; refsparse with OPENBLAS_NUM_THREADS={args.refsparse_blas_threads}, "
+                  f"GOMP_SPINCOUNT={args.refsparse_spincount}"
+                  f"{', OMP_WAIT_POLICY=' + args.refsparse_omp_wait_policy if args.refsparse_omp_wait_policy else ''}"
+                  f" (Numba kernels and the split matrix "
                   f"products on all cores), torch dense with its defaults. Sparse weights: the attention "
                   f"projections and feed-forward layers, uniform, random positions; local: causal window "
                   f"(the query and the window − 1 positions before it).\n")

@@ -135,7 +135,7 @@ def group_of(key):
 class TrainConfig:
     """Everything a run needs, in five groups; the defaults train the Sparsity Transformer — the
     decoder-only LM pruned to 90% sparse weights by GMP, with local attention of window 8 — in
-    about 2.5 minutes on 2 cores (``DENSE_BASELINE`` holds what ``--dense`` changes).
+    about 2 minutes on 2 cores (``DENSE_BASELINE`` holds what ``--dense`` changes).
 
     ``TrainConfig(model=ModelConfig(d_model=64), run=RunConfig(seed=1))`` or, with flat keys,
     ``TrainConfig(d_model=64, seed=1)``; both may be mixed (a flat key wins over its group).

@@ -270,8 +270,40 @@ def plot_sparse_linear(data, path, dtype="float32"):
 # train_step.json: {"shape": {...}, "results": [{"lib", "dtype", "median_ms"}]}
 
 
+def _train_step_variants(data, path):
+    """One panel per shape: torch dense and each refsparse variant, labelled with ms and the
+    ratio to torch dense (the first dtype measured)."""
+    plt = _pyplot()
+    runs = [r for r in data["runs"] if "median_ms" in r]
+    dtype = runs[0]["dtype"]
+    names = list(dict.fromkeys(r["shape_name"] for r in runs))
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = [r for r in runs if r["shape_name"] == name and r["dtype"] == dtype]
+        torch_ms = next((r["median_ms"] for r in rows if r["lib"] == "torch"), None)
+        labels = [("torch " if r["lib"] == "torch" else "") + r["variant"] for r in rows]
+        ms = [r["median_ms"] for r in rows]
+        colors = ["C1" if r["lib"] == "torch" else "C0" for r in rows]
+        bars = ax.bar(range(len(rows)), ms, 0.7, color=colors)
+        text = [f"{m:,.0f} ms" + (f"\n{m / torch_ms:.2f}×" if torch_ms and r["lib"] != "torch" else "")
+                for m, r in zip(ms, rows)]
+        ax.bar_label(bars, labels=text, fontsize=LEGEND_PT, padding=2)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=LEGEND_PT)
+        s = rows[0]["shape"]
+        ax.set_title(f"{name}: {s['n_layers']} layers, d_model {s['d_model']}, T {s['seq_len']}, "
+                     f"batch {s['batch']}", fontsize=TITLE_PT)
+        ax.margins(y=0.18)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel(f"one training step, {dtype} (ms, median; lower is better)")
+    return _save(fig, path)
+
+
 def plot_train_step(data, path):
-    """ms per training step: bars per dtype, a bar per library, each labelled with its ms."""
+    """ms per training step: with the sparse variants, a panel per shape and a bar per variant
+    (`_train_step_variants`); else bars per dtype, a bar per library, each labelled with its ms."""
+    if any("shape_name" in r for r in data.get("runs", [])):
+        return _train_step_variants(data, path)
     plt = _pyplot()
     res = [r for r in data["results"] if "median_ms" in r]
     if not res:
