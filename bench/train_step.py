@@ -386,6 +386,8 @@ def main(argv=None):
                                      "attention": r["attention"], "median_ms": r["median_ms"],
                                      "ratio_to_torch_dense": r.get("ratio_to_torch_dense", 1.0)}
                                     for r in pooled.values()]})
+            wait = args.refsparse_omp_wait_policy
+            wait_policy = f", OMP_WAIT_POLICY={wait}" if wait else ""
             print(f"\nDecoder-only LM training step, shape {sname}: {s['n_layers']} layers, d_model "
                   f"{s['d_model']}, {s['n_heads']} heads, d_ff {s['d_ff']}, T {s['seq_len']}, batch "
                   f"{s['batch']}, {dtype}, {pooled[('torch', 'dense')]['parameters']:,} parameters dense; "
@@ -393,7 +395,7 @@ def main(argv=None):
                   f"{args.warmup} warm-up steps, the processes taking turns to go first), each in its own "
                   f"process; refsparse with OPENBLAS_NUM_THREADS={args.refsparse_blas_threads}, "
                   f"GOMP_SPINCOUNT={args.refsparse_spincount}"
-                  f"{', OMP_WAIT_POLICY=' + args.refsparse_omp_wait_policy if args.refsparse_omp_wait_policy else ''}"
+                  f"{wait_policy}"
                   f" (Numba kernels and the split matrix "
                   f"products on all cores), torch dense with its defaults. Sparse weights: the attention "
                   f"projections and feed-forward layers, uniform, random positions; local: causal window "

@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["DENSE_BASELINE", "DataConfig", "GROUPS", "ModelConfig", "OptimConfig", "RunConfig", "SparseConfig",
-           "TrainConfig", "flat_keys", "group_of"]
+__all__ = ["DENSE_BASELINE", "DataConfig", "GROUPS", "ModelConfig", "OptimConfig", "RunConfig",
+           "SparseConfig", "TrainConfig", "flat_keys", "group_of"]
 
 
 @dataclass

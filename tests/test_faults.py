@@ -27,7 +27,7 @@ from test_train import DENSE, tiny_text
 
 RUN = dict(d_model=32, n_heads=2, n_layers=1, d_ff=64, seq_len=16, batch_size=4, steps=12,
            warmup_steps=2, eval_every=4, eval_batches=2, log_every=1, save_every=5)
-KINDS = {"dense": dict(dropout=0.1, sparsity=0.0, method="static", attention="full"), "rigl": dict(sparsity=0.5, method="rigl", update_every=3),
+KINDS = {"dense": dict(dropout=0.1, **DENSE), "rigl": dict(sparsity=0.5, method="rigl", update_every=3),
          "set": dict(sparsity=0.5, method="set", update_every=3),
          "gmp": dict(sparsity=0.5, method="gmp", prune_begin=0.25, prune_end=0.75, prune_every=2)}
 QUIET = dict(progress=False, log=lambda *a: None)

@@ -40,7 +40,8 @@ def test_weight_counts_per_kind_from_the_layers_themselves():
             want[kind][1] += w.shape[0] * w.shape[1]
     for kind, (stored, cells) in want.items():
         assert (counts[kind]["stored"], counts[kind]["cells"]) == (stored, cells)
-    assert counts["attention"]["cells"] == 2 * 4 * 16 * 16 and counts["feedforward"]["cells"] == 2 * 2 * 16 * 24
+    assert counts["attention"]["cells"] == 2 * 4 * 16 * 16  # 2 layers × q, k, v, out
+    assert counts["feedforward"]["cells"] == 2 * 2 * 16 * 24  # 2 layers × linear1, linear2
     total = counts["all"]
     assert total["stored"] == want["attention"][0] + want["feedforward"][0]
     assert total["sparsity"] == pytest.approx(0.75, abs=0.01)
@@ -136,7 +137,8 @@ def test_dense_is_the_dense_baseline_and_refuses_a_sparsity(tmp_path, capsys):
     assert (cfg.sparse.sparsity, cfg.sparse.method, cfg.model.attention, cfg.optim.steps) == \
         (0.0, "static", "full", 600)
     assert cfg.model == TrainConfig().model.__class__(**{**TrainConfig().model.__dict__, "attention": "full"})
-    args = build_parser().parse_args(["train", "--dense", "--steps", "1200", "--attention", "local:window=16"])
+    args = build_parser().parse_args(["train", "--dense", "--steps", "1200",
+                                      "--attention", "local:window=16"])
     cfg = _build_train_config(args)
     assert (cfg.optim.steps, cfg.model.attention, cfg.sparse.sparsity) == (1200, "local:window=16", 0.0)
     for extra in (["--sparsity", "0.5"], ["--method", "rigl"], ["--set", "sparsity=0.5"]):
