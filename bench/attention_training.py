@@ -1,6 +1,8 @@
 """Train the default language model at T = 256 with dense and with sparse attention.
 
-Same data, seed, steps and batch for every run; only ``--attention`` differs. Prints the
+The network of ``refsparse train`` with dense weights (``sparsity=0``, as ``--dense``), so
+that only the attention differs. Same data, seed, steps and batch for every run; only
+``--attention`` differs. Prints the
 final validation loss of each and its ratio to the dense model's, and writes
 bench/results/attention_training.json. Run:
 
@@ -34,7 +36,8 @@ def main():
     rows, results = [], []
     for spec in args.specs:
         cfg = TrainConfig(attention=spec, seq_len=args.seq_len, batch_size=args.batch_size, steps=args.steps,
-                          eval_every=args.steps, out_dir=args.out_dir, name=spec.replace(":", "_"))
+                          eval_every=args.steps, out_dir=args.out_dir, name=spec.replace(":", "_"),
+                          sparsity=0.0, method="static")  # dense weights: only the attention differs
         t = time.perf_counter()
         summary = Trainer(cfg, progress=False, log=lambda *a: None).run()
         summary["wall_s"] = time.perf_counter() - t
@@ -45,7 +48,8 @@ def main():
     for r in results:
         rows.append([r["attention"], f"{r['val_loss']:.4f}", f"{r['bits_per_char']:.3f}",
                      f"{r['val_loss'] / dense:.3f}" if dense else "—", f"{r['wall_s']:.0f}"])
-    print(f"\nDecoder-only LM (TrainConfig defaults), T = {args.seq_len}, batch {args.batch_size}, "
+    print(f"\nDecoder-only LM (TrainConfig defaults, dense weights), T = {args.seq_len}, "
+          f"batch {args.batch_size}, "
           f"{args.steps} steps, the built-in corpus; validation loss after training.\n")
     print(markdown_table(["attention", "val loss (nats)", "bits/char", "ratio to dense", "wall s"], rows))
     print("\nwrote", write_json("attention_training.json", {"runs": results, "args": vars(args),
