@@ -1,6 +1,7 @@
 """Shared test set-up: hypothesis profiles and small helpers."""
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -17,6 +18,13 @@ settings.register_profile(
     "thorough", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# A suite started as a background job (``pytest &`` without job control) inherits SIGINT
+# ignored, and Python then installs no KeyboardInterrupt handler: the tests that press a real
+# Ctrl-C (tests/test_faults.py, and the sweep's, through its child processes, which inherit
+# the disposition) could not see it. Give the suite Python's own handler back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
