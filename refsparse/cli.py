@@ -106,14 +106,14 @@ def _build_train_config(args):
         task = args.task or values.get("task", "lm")
     if task != "lm":
         values = {**TASK_DEFAULTS, **values}
+    sets = _set_items(args)
     if args.dense:
-        _apply_dense(args, values, explicit, task)
+        _apply_dense(args, values, explicit | set(sets), task)
     values["task"] = task
     for key in _TRAIN_FLAGS[1:]:
         v = getattr(args, key, None)
         if v is not None:
             values[key] = v
-    sets = _set_items(args)
     values.update(sets)
     explicit.update(sets)
     unknown = sorted(set(values) - set(types))
@@ -135,8 +135,7 @@ def _apply_dense(args, values, explicit, task):
     from .config import DENSE_BASELINE
 
     given = {k: "--" + k for k in _TRAIN_FLAGS if getattr(args, k, None) is not None}
-    given.update({k: "--set" for k in _set_items(args)})
-    given.update({k: "--config" for k in explicit})
+    given.update({k: "--set or --config" for k in explicit})
     for key in ("sparsity", "method"):
         if key in given:
             raise ValueError(f"--dense: trains dense weights, so {key} cannot be given with it "

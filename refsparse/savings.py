@@ -34,16 +34,11 @@ import numpy as np
 from .checkpoint import save_checkpoint
 from .models import DecoderLM, DecoderLMConfig
 from .optim import AdamW, clip_grad_norm
-from .prune.sparsify import prunable_layers, sparse_layers, sparsify_like
+from .prune.sparsify import prunable_layers, sparse_layers, sparsify_like, sparsity_report
 
 __all__ = ["attention_entries", "dense_twin", "measure", "sparse_copy", "time_steps", "weight_counts"]
 
 KINDS = ("attention", "feedforward")
-
-
-def _stored(layer):
-    w = layer.weight.value
-    return int(w.nnz) if hasattr(w, "nnz") else int(w.size)
 
 
 def weight_counts(model):
@@ -52,11 +47,11 @@ def weight_counts(model):
     Returns ``{"attention": {...}, "feedforward": {...}, "all": {...}}``, each
     ``{"stored", "cells", "sparsity"}`` (sparsity = 1 − stored / cells; 0.0 with no cell).
     """
+    rows = {r["name"]: r for r in sparsity_report(model)}
     out = {}
     for kind in KINDS:
-        layers = prunable_layers(model, include=(kind,))
-        out[kind] = {"stored": sum(_stored(layer) for _, layer in layers),
-                     "cells": sum(layer.weight.shape[0] * layer.weight.shape[1] for _, layer in layers)}
+        weights = [rows[f"{name}.weight"] for name, _ in prunable_layers(model, include=(kind,))]
+        out[kind] = {"stored": sum(r["nnz"] for r in weights), "cells": sum(r["size"] for r in weights)}
     out["all"] = {k: out["attention"][k] + out["feedforward"][k] for k in ("stored", "cells")}
     for row in out.values():
         row["sparsity"] = 1.0 - row["stored"] / row["cells"] if row["cells"] else 0.0
@@ -65,11 +60,8 @@ def weight_counts(model):
 
 def parameter_counts(model):
     """``{"stored", "dense"}``: numbers the model stores (every parameter) and the dense model's."""
-    stored = dense = 0
-    for _, p in model.parameters():
-        dense += int(np.prod(p.shape, dtype=np.int64))
-        stored += int(p.value.nnz) if p.is_sparse else int(p.value.size)
-    return {"stored": stored, "dense": dense}
+    rows = sparsity_report(model)
+    return {"stored": sum(r["nnz"] for r in rows), "dense": sum(r["size"] for r in rows)}
 
 
 def attention_entries(model, t):

@@ -565,14 +565,9 @@ class Trainer:
                 "last_loss": self.last_loss}
 
     def _stored_sparsity(self):
-        from .prune.sparsify import prunable_layers
+        from .prune.sparsify import overall_sparsity
 
-        stored = cells = 0
-        for _, layer in prunable_layers(self.model):
-            w = layer.weight.value
-            stored += w.nnz if hasattr(w, "nnz") else w.size
-            cells += w.shape[0] * w.shape[1]
-        return 1.0 - stored / cells if cells else 0.0
+        return overall_sparsity(self.model)
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path=None):
