@@ -166,6 +166,18 @@ def test_backward_by_pairs_of_vectors_or_single_ones_equals_twin(pair_min, probl
         check_against_twin(*problem, np.float64)
 
 
+@pytest.mark.parametrize("pair_min", [0, 10**9])
+@given(problem=problems(max_n=600, max_features=70))
+def test_tiles_of_four_vectors_and_more_equal_twin(pair_min, problem):
+    """Tiles of up to eight vectors, so that the forward's and the backward's loops take
+    four slices at a time (twice, in the widest) and then the pairs and single ones left
+    over, on any vector width — with AVX-512 the default tiles hold one or two vectors."""
+    with pytest.MonkeyPatch.context() as mp, kernels.use("fast"):
+        mp.setattr(SL, "ROW_BYTES", 8 * VECTOR_BYTES)
+        mp.setattr(SL, "PAIR_MIN_ENTRIES", pair_min)
+        check_against_twin(*problem, np.float64)
+
+
 def test_backward_tiles_take_pairs_where_w_has_the_entries():
     rng = np.random.default_rng(7)
     lanes = VECTOR_BYTES // 4
