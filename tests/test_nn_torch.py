@@ -42,7 +42,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import refsparse.functional as F
@@ -136,7 +136,12 @@ def compare(mine, torch_side, dtype):
     - its max abs err is <= FLOOR[dtype] times the largest tensor of the test: a few ulps at the
       test's scale, the resolution of a gradient computed by cancellation (mathematically zero
       ones included: a query with a single allowed key has a constant softmax), or
-    - (float32) ours is within RTOL of torch's float64 answer on the same values.
+    - (float32) ours is within RTOL of torch's float64 answer on the same values, or no
+      farther from it than four times torch's own float32 answer is: where the problem is
+      ill-conditioned (a post-LN layer of width 3, say) no float32 computation does much better,
+      torch's float32 error shows by how much, and which of two correct float32 orders of the
+      same sums lands nearer is chance (seen: ours 2.8× torch's error on one draw, 1.8e-4
+      against 6.7e-5, where our float64 agrees with torch's to 1e-15).
     """
     rtol = RTOL[dtype]
 
@@ -170,8 +175,9 @@ def compare(mine, torch_side, dtype):
         ref = run(torch.float64)
         for name in list(failing):
             max_abs, max_rel, where = _errors(np.asarray(mine[name]), ref[name][0], ref[name][1])
-            referee[name] = max_rel
-            if failing[name][3] and max_rel <= rtol:
+            _, torch_rel, _ = _errors(theirs[name][0].astype(np.float64), ref[name][0], ref[name][1])
+            referee[name] = (max_rel, torch_rel)
+            if failing[name][3] and max_rel <= max(rtol, 4 * torch_rel):
                 del failing[name]
     if failing:
         lines = []
@@ -182,7 +188,8 @@ def compare(mine, torch_side, dtype):
                 f"{max_rel:.3e} (tolerance {rtol:g}); worst at {tuple(int(i) for i in where)}: mine "
                 f"{m[where]!r} vs theirs {t[where]!r}"
                 + ("" if finite else "; mine is NOT finite")
-                + (f"; vs torch float64: max rel err {referee[name]:.3e}" if name in referee else "")
+                + (f"; vs torch float64: max rel err {referee[name][0]:.3e} (torch float32's: "
+                   f"{referee[name][1]:.3e})" if name in referee else "")
             )
         msg = f"{len(failing)} of {len(mine)} tensors differ from torch:\n" + "\n".join(lines)
         print(msg)
@@ -404,6 +411,9 @@ LAYER_VARIANTS = pytest.mark.parametrize(
 @LAYER_VARIANTS
 @given(b=batch, t=length, hc=heads_and_width(LN_MIN_WIDTH), d_ff=width, causal=st.booleans(),
        padded=st.booleans(), seed=seeds)
+# an ill-conditioned draw (post-LN, width 3) that the random profile found: float32 is judged
+# against torch's own float32 error there (see compare)
+@example(b=2, t=7, hc=(1, 3), d_ff=6, causal=False, padded=True, seed=5938157)
 def test_encoder_layer(dtype, norm_first, activation, b, t, hc, d_ff, causal, padded, seed):
     rng = np.random.default_rng(seed)
     h, c = hc
