@@ -79,12 +79,18 @@ def test_an_idle_block_is_reused_for_the_same_size():
     assert not np.shares_memory(same, other)
 
 
-def test_the_recycler_keeps_at_most_its_count_and_drops_idle_blocks_first():
-    live = [aligned_empty(BIG, np.float32) for _ in range(buffers.RECYCLE_KEEP + 3)]
-    assert len(buffers._recycler._blocks) == buffers.RECYCLE_KEEP
-    live_addresses = {a.ctypes.data for a in live}
-    assert len(live_addresses) == len(live)  # all distinct while alive
+def test_every_block_in_use_stays_tracked_and_comes_back():
+    """More blocks alive at once than any fixed count (an earlier version forgot the oldest
+    beyond 64): once they are dropped, the same memory serves the next round of requests."""
+    n = 80
+    live = [aligned_empty(BIG, np.float32) for _ in range(n)]
+    assert len(buffers._recycler._blocks) == n
+    addresses = {a.ctypes.data for a in live}
+    assert len(addresses) == n  # all distinct while alive
     del live
+    again = [aligned_empty(BIG, np.float32) for _ in range(n)]
+    assert {a.ctypes.data for a in again} == addresses
+    del again
     release_buffers()  # every tracked block is idle now, and dropped
     assert buffers._recycler._blocks == []
 

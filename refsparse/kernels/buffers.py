@@ -29,28 +29,30 @@ fresh 32 MiB written once from two threads, took 6.7 ms against 3.7 ms. (Below 3
 glibc keeps freed blocks in its heap and reuses them, which is why outputs of 8 MiB did
 not show the cost.)
 
-The recycler keeps the blocks of RECYCLE_BYTES or more that it has handed out, up to
-RECYCLE_KEEP of them. A block is *idle* when no array uses it any more: every array made
-from it — the one returned, its reshapes, slices and other views — holds a reference to
-it, and CPython counts them, so the block's reference count falls to the recycler's own
-references exactly when the last of them is gone. The next request of the same number of
-bytes gets an idle block back (its old contents are still there, as ``np.empty`` promises
-nothing), and a block in use is never handed out twice. An array kept alive by a
-reference cycle only keeps its block busy until the garbage collector frees it. Beyond
-RECYCLE_KEEP blocks, or beyond RECYCLE_IDLE_BYTES in idle blocks, the oldest idle ones
-are dropped (freed as NumPy frees any array) when a new block is made; if all are in use,
-the oldest is forgotten and freed when its user drops it.
+The recycler keeps the blocks of RECYCLE_BYTES or more that it has handed out. A block is
+*idle* when no array uses it any more: every array made from it — the one returned, its
+reshapes, slices and other views — holds a reference to it, and CPython counts them, so the
+block's reference count falls to the recycler's own references exactly when the last of them
+is gone. The next request of the same number of bytes gets an idle block back (its old
+contents are still there, as ``np.empty`` promises nothing), and a block in use is never
+handed out twice. An array kept alive by a reference cycle only keeps its block busy until
+the garbage collector frees it. Beyond RECYCLE_IDLE_BYTES in idle blocks, the oldest idle
+ones are dropped (freed as NumPy frees any array) when a new block is made.
 
-**How many blocks it tracks** (RECYCLE_KEEP, 64; 16 before). A training step keeps many
-large arrays alive from forward to backward — a 4-layer model with d_ff 2048 and 4096
-tokens holds each layer's feed-forward input to GELU, its output and its gate, 32 MiB each —
-and with fewer tracked blocks than arrays in use, the recycler forgot the oldest block at
-every request and each step faulted in fresh memory. Measured at that shape (4 layers,
+**Every block in use stays tracked.** A training step keeps many large arrays alive from
+forward to backward — a 4-layer model with d_ff 2048 and 4096 tokens holds each layer's
+feed-forward input to GELU, its output and its gate, 32 MiB each, and a dozen more of 4 MiB
+or more per layer — and a recycler that forgets a block in use cannot give it back when the
+step ends: the next step faults in fresh memory for it. An earlier version tracked at most
+16 blocks, then 64, and forgot the oldest beyond that. Measured at that shape (4 layers,
 d_model 512, d_ff 2048, T 1024, batch 4, 90% sparse, window 128, float32, 2 threads): GELU's
 forward took 32 ms a call with 16 blocks and 18 ms with 64, its backward 23 and 9 ms
 (tottime over 3 steps under cProfile; the kernel alone, into memory written before, takes
-16–18 and 8–9 ms), about 0.1 s of a 1.2 s step. The cost of tracking more: a walk over at
-most 64 blocks per request of 4 MiB or more.
+16–18 and 8–9 ms), about 0.1 s of a 1.2 s step; any count would have been such a cliff for
+a model deep enough. So there is no count: the blocks in use are what the program holds
+(the memory is the program's either way), and the idle ones are bounded in bytes, at most
+RECYCLE_IDLE_BYTES / RECYCLE_BYTES = 128 of them. The cost: a walk over the tracked blocks per
+request of 4 MiB or more, one reference count each (a few microseconds).
 
 Numbers never depend on where the memory came from: every kernel writes every element of
 its outputs before anyone reads them, and its scratch before it reads it.
@@ -74,18 +76,16 @@ import numpy as np
 
 from .simd import CACHE_LINE
 
-__all__ = ["RECYCLE_BYTES", "RECYCLE_IDLE_BYTES", "RECYCLE_KEEP", "aligned_empty", "release_buffers", "set_recycling"]
+__all__ = ["RECYCLE_BYTES", "RECYCLE_IDLE_BYTES", "aligned_empty", "release_buffers", "set_recycling"]
 
 RECYCLE_BYTES = 4 << 20  # blocks at least this large (4 MiB) go through the recycler
-RECYCLE_KEEP = 64  # blocks the recycler keeps track of, idle or in use
 RECYCLE_IDLE_BYTES = 512 << 20  # the most the idle blocks may hold together (512 MiB)
 
 
 class _Recycler:
     """Raw byte blocks (uint8 arrays) handed out by [`aligned_empty`][refsparse.kernels.buffers.aligned_empty], oldest first."""
 
-    def __init__(self, keep):
-        self.keep = keep
+    def __init__(self):
         self.on = True
         self._blocks = []  # list of (nbytes,) uint8 arrays, oldest first
         self._lock = threading.Lock()
@@ -114,14 +114,13 @@ class _Recycler:
             idle = [k for k in range(len(self._blocks) - 1) if self._idle(k)]  # oldest first
             held = sum(self._blocks[k].size for k in idle)
             drop = set()
-            for k in idle:  # the oldest idle blocks go first, while too many or too large
-                if len(self._blocks) - len(drop) <= self.keep and held <= RECYCLE_IDLE_BYTES:
+            for k in idle:  # the oldest idle blocks go first, while they hold too much
+                if held <= RECYCLE_IDLE_BYTES:
                     break
                 drop.add(k)
                 held -= self._blocks[k].size
-            if len(self._blocks) - len(drop) > self.keep:
-                drop.add(min(set(range(len(self._blocks) - 1)) - drop))  # all in use: forget the oldest
-            self._blocks = [self._blocks[k] for k in range(len(self._blocks)) if k not in drop]
+            if drop:
+                self._blocks = [self._blocks[k] for k in range(len(self._blocks)) if k not in drop]
             return block
 
     def release(self):
@@ -135,7 +134,7 @@ class _Recycler:
             self._blocks = []
 
 
-_recycler = _Recycler(RECYCLE_KEEP)
+_recycler = _Recycler()
 
 
 def set_recycling(on):
