@@ -56,9 +56,10 @@ about 8 independent register sums to keep them busy. With AVX2 one vector of L =
 float32 is two registers, and a 64-row tile is four vectors: the forward and the backward's
 dX sums take the four at once (eight register sums), where one vector at a time left them
 two and waiting. Measured on the 2-core AVX2 AMD EPYC (float32, N = 4096, 90%, the two
-versions alternating in one process, medians of 9): the forward 0.58× the time at
-512 × 512, 0.79× at 2048 × 512, 0.68× at 512 × 2048; the whole backward 0.94–0.97×
-(dW's lane sums, not the FMAs, bound it). With AVX-512 a tile row of 64 float32 is one
+versions alternating in one process, medians over 9 rounds of each call's best of 5): the
+forward 0.58× the time at 512 × 512, 0.79× at 2048 × 512, 0.68× at 512 × 2048 (0.75, 0.88
+and 0.86× in an earlier run of 5 rounds); the whole backward 0.94–0.97× (its loads from the
+cache, not the FMAs' latency, bound it there). With AVX-512 a tile row of 64 float32 is one
 vector of four registers and the loops run as before, a vector (the forward) or two (the
 backward) at a time.
 
@@ -349,8 +350,8 @@ def spmm_backward(dy, x, Bp, Tj, At, dx, dw_part, db_part, gt_buf, xt_buf, dxt_b
     "Four vectors at a time" above); a tile of an odd number of vectors ends with a single
     slice, the same sums over v alone. Both products read gt[o] once per entry; nothing
     is scattered, so each entry costs its vector loads from the cached gt besides its
-    FMAs, and one lane sum (vsum) per pair (or four). The price: gt holds all C_out rows of a tile
-    (at C_out = 2048, TN = 128 float32: 1 MB, in L2), and an entry reads its row of gt at
+    FMAs, and one lane sum (vsum) per pair (or four). The price: gt holds all C_out rows of a
+    tile (at C_out = 2048, TN = 128 float32: 1 MB, in L2), and an entry reads its row of gt at
     random. The output blocks keep those reads in L1: within block b the chunk's entries
     read only the OB rows of gt in that block (at OB = 64: 32 KB), the way the forward's
     column blocks keep its reads of xt in L1. A row of Wᵀ then takes NB passes, its dx
