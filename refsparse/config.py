@@ -74,7 +74,7 @@ class SparseConfig:
     """Sparse weights of the attention projections and feed-forward layers (refsparse.prune)."""
 
     sparsity: float = 0.9  # fraction of those weights NOT stored; 0 = a dense model
-    method: str = "gmp"  # static | gmp | imp | set | rigl (see refsparse.prune.methods)
+    method: str = "gmp"  # static | gmp | imp | set | rigl (see refsparse.prune.factory)
     distribution: str = "uniform"  # uniform | erk: how the kept weights are shared by layers
     erk_power_scale: float = 1.0
     prune_begin: float = 0.1  # gmp: first pruning step, as a fraction of steps
@@ -200,7 +200,7 @@ class TrainConfig:
     def validate(self):
         """Check every field; raise ValueError naming the first bad one; return self."""
         from . import data as D
-        from .prune.methods import METHODS
+        from .prune.factory import METHODS
 
         m, d, o, s, r = self.model, self.data, self.optim, self.sparse, self.run
         if d.task != "lm" and d.task not in D.TASKS:

@@ -66,7 +66,7 @@ from .config import (DataConfig, ModelConfig, OptimConfig, RunConfig, SparseConf
 from .decode import greedy_decode
 from .models import DecoderLM, DecoderLMConfig, Transformer, TransformerConfig
 from .optim import AdamW, clip_grad_norm, warmup_cosine
-from .prune.methods import make_method
+from .prune.factory import make_method
 from .prune.sparsify import sparsify_like
 
 __all__ = ["DataConfig", "ModelConfig", "OptimConfig", "RESUMABLE_KEYS", "RunConfig", "RunWriteError",

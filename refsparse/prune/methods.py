@@ -60,8 +60,8 @@ from ..nn.sparse import SparseLinear
 from .sparsify import layer_nnz, prunable_layers, replace_module, sparse_layers, sparsify
 
 __all__ = [
-    "METHODS", "GMP", "RigL", "SET", "SparseMethod", "Static", "cosine_drop_fraction",
-    "csr_positions", "dense_grad_topk", "gmp_sparsity", "grow_random", "make_method",
+    "GMP", "RigL", "SET", "SparseMethod", "Static", "cosine_drop_fraction",
+    "csr_positions", "dense_grad_topk", "gmp_sparsity", "grow_random",
     "prune_to_count", "set_pattern", "sparsify_with_positions",
 ]
 
@@ -519,41 +519,3 @@ def dense_grad_topk(dy, x, exclude, k, block_rows=64):
     if best_pos.size < k or (best_score < 0).any():
         raise ValueError(f"k: expected at most {n_out * n_in - exclude.size} free positions, got {k}")
     return best_pos
-
-
-# ----------------------------------------------------------------------------------------
-METHODS = ("dense", "static", "gmp", "imp", "set", "rigl")
-
-
-def make_method(method, sparsity, *, steps, distribution="uniform", seed=0, erk_power_scale=1.0,
-                prune_begin=0.1, prune_end=0.6, prune_every=10, update_every=50,
-                drop_fraction=0.3, update_end=0.75, set_drop="magnitude", imp_rounds=2,
-                imp_rewind=0.05, imp_control="rewind", init_seed=0):
-    """The method object for a training config; fractions of ``steps`` become step numbers.
-
-    ``prune_begin``/``prune_end``: GMP's t0 and t0 + nΔt as fractions of ``steps``;
-    ``prune_every``: GMP's Δt. ``update_every``: SET/RigL's ΔT; ``drop_fraction``:
-    SET's ζ, RigL's initial α; ``set_drop``: SET's drop rule ("magnitude" or "signed");
-    ``update_end``: RigL's stop step as a fraction of ``steps``. ``imp_rounds``,
-    ``imp_rewind`` (a fraction of ``steps``), ``imp_control`` and ``init_seed`` (the run's
-    seed, from which the reinit control draws fresh weights): IMP's. "dense" gives None.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    common = dict(distribution=distribution, seed=seed, erk_power_scale=erk_power_scale)
-    if method == "dense":
-        return None
-    if method == "imp":
-        from .imp import IMP
-
-        return IMP(sparsity, steps=steps, rounds=imp_rounds, rewind=imp_rewind,
-                   control=imp_control, init_seed=init_seed, **common)
-    if method == "static":
-        return Static(sparsity, **common)
-    if method == "gmp":
-        return GMP(sparsity, begin=round(prune_begin * steps), end=round(prune_end * steps),
-                   every=prune_every, **common)
-    if method == "set":
-        return SET(sparsity, every=update_every, drop_fraction=drop_fraction, drop=set_drop, **common)
-    return RigL(sparsity, every=update_every, drop_fraction=drop_fraction,
-                end=max(1, round(update_end * steps)), **common)
