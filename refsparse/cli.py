@@ -183,15 +183,15 @@ def savings_lines(s):
     """The summary lines of what sparsity bought (`refsparse.savings.measure`'s dict)."""
     w, p, a, ck = s["weights"], s["parameters"], s["attention"], s["checkpoint_bytes"]
     csr = " (stored as CSR)" if w["all"]["stored"] < w["all"]["cells"] else ""
-    lines = [f"sparsity: attention weights {w['attention']['sparsity']:.3f}, feed-forward "
-             f"{w['feedforward']['sparsity']:.3f}, both {w['all']['sparsity']:.3f}{csr}",
-             f"stored: {w['all']['stored']:,} of {w['all']['cells']:,} weights "
-             f"({w['all']['stored'] / w['all']['cells']:.3f}); all parameters {p['stored']:,} of "
-             f"{p['dense']:,} ({p['stored'] / p['dense']:.3f})",
-             f"attention: {a['per_row']:.1f} entries per query row, T = {a['t']} "
-             f"(dense causal attention: {a['full_per_row']:.1f})",
-             f"checkpoint: {_mb(ck['model'])} against {_mb(ck['dense'])} for the same model dense "
-             f"({ck['model'] / ck['dense']:.2f}×)"]
+    lines = [(f"sparsity: attention weights {w['attention']['sparsity']:.3f}, feed-forward "
+              f"{w['feedforward']['sparsity']:.3f}, both {w['all']['sparsity']:.3f}{csr}"),
+             (f"stored: {w['all']['stored']:,} of {w['all']['cells']:,} weights "
+              f"({w['all']['stored'] / w['all']['cells']:.3f}); all parameters {p['stored']:,} of "
+              f"{p['dense']:,} ({p['stored'] / p['dense']:.3f})"),
+             (f"attention: {a['per_row']:.1f} entries per query row, T = {a['t']} "
+              f"(dense causal attention: {a['full_per_row']:.1f})"),
+             (f"checkpoint: {_mb(ck['model'])} against {_mb(ck['dense'])} for the same model dense "
+              f"({ck['model'] / ck['dense']:.2f}×)")]
     if "step_ms" in s:
         t = s["step_ms"]
         r = t["dense"] / t["model"]

@@ -15,7 +15,7 @@ from refsparse.train import TrainConfig, Trainer
 
 from test_train import DENSE, TINY, tiny_text
 
-QUIET = dict(progress=False, log=lambda *a: None)
+QUIET = {"progress": False, "log": lambda *a: None}
 
 
 def lm(attention="full", sparsity=0.0, dtype="float64", seed=0):
@@ -113,7 +113,8 @@ def test_measuring_leaves_the_run_untouched(tmp_path):
         np.testing.assert_array_equal(va, vb, err_msg=name)
     assert a._rng_states() == b._rng_states()
     assert out_a["savings"]["step_ms"]["steps"] == 3 and "step_ms" not in out_b["savings"]
-    final = [json.loads(line) for line in open(a.metrics_path)][-1]
+    with open(a.metrics_path) as f:
+        final = [json.loads(line) for line in f][-1]
     assert final["eval"] == "final" and final["savings"] == out_a["savings"]
 
 

@@ -16,7 +16,7 @@ from .criteria import __all__ as _criteria_all
 from .methods import *  # noqa: F401,F403
 from .methods import __all__ as _methods_all
 from .imp import IMP  # noqa: F401
-from .factory import METHODS, make_method  # noqa: F401
+from .factory import METHODS, make_method
 from .sparsify import *  # noqa: F401,F403
 from .sparsify import __all__ as _sparsify_all
 
