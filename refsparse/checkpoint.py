@@ -155,6 +155,10 @@ def save_checkpoint(path, model, *, optimizer=None, step=0, rng_states=None, tok
                     extra=None, state=None):
     """Write ``model`` (and optionally the optimizer and RNG states) to ``path`` atomically.
 
+    Writing is atomic: a temporary ``.tmp-*.npz`` beside ``path``, flushed and fsynced, then
+    renamed over ``path``; on any failure (a full disk, Ctrl-C) the temporary file is removed
+    and the file at ``path`` is left as it was.
+
     Parameters
     ----------
     path : str or os.PathLike
@@ -170,10 +174,6 @@ def save_checkpoint(path, model, *, optimizer=None, step=0, rng_states=None, tok
     state : dict, optional
         A nested state with arrays (a sparse training method's `state_dict`), stored
         with `pack_state`; read back as ``Checkpoint.state``.
-
-    Writing is atomic: a temporary ``.tmp-*.npz`` beside ``path``, flushed and fsynced, then
-    renamed over ``path``; on any failure (a full disk, Ctrl-C) the temporary file is removed
-    and the file at ``path`` is left as it was.
     """
     from . import __version__
 

@@ -222,6 +222,8 @@ def _dtype_of(tensors, dtype):
 def from_hf(model_or_dir, *, dtype=None, rng=None):
     """A refsparse [`DecoderLM`][refsparse.models.DecoderLM] computing the same function as a GPT-2.
 
+    Weights are copied bit for bit (Conv1D weights transposed, c_attn split into q, k, v).
+
     Parameters
     ----------
     model_or_dir : a transformers ``GPT2LMHeadModel``, or a path to a directory with
@@ -230,8 +232,6 @@ def from_hf(model_or_dir, *, dtype=None, rng=None):
         The twin's dtype; default the checkpoint's (float64 is the reference precision).
     rng : numpy.random.Generator, optional
         Only for building the model before its weights are overwritten.
-
-    Weights are copied bit for bit (Conv1D weights transposed, c_attn split into q, k, v).
     """
     from ..models import DecoderLM
 
