@@ -28,10 +28,36 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu():
+    """The CPU the figures come from: its model name and the vector extensions that decide
+    which kernels run (AVX2 or AVX-512 here, and so refsparse's vector width), read from
+    /proc/cpuinfo (Linux; elsewhere platform.processor() and no flags)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"model": model, "extensions": [x for x in ("avx2", "fma", "avx512f") if x in flags]}
+
+
+def cpu_line():
+    """One line for a report's header, e.g. ``CPU: AMD EPYC (avx2, fma), 2 cores``."""
+    c = cpu()
+    ext = ", ".join(c["extensions"]) or "no AVX2"
+    return f"CPU: {c['model']} ({ext}), {os.cpu_count()} cores"
+
+
 def environment():
-    """Versions, thread counts and the BLAS kernels (threadpoolctl), for the JSON record."""
+    """Versions, thread counts, the CPU and the BLAS kernels (threadpoolctl), for the JSON record."""
     info = {"python": platform.python_version(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
+            "cpu": cpu(), "cpu_count": os.cpu_count(),
             "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                    "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}}
     import numpy

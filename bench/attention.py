@@ -47,7 +47,15 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, markdown_table, peak_rss_mb, run_worker, warn_openblas_env, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    cpu_line,
+    environment,
+    markdown_table,
+    peak_rss_mb,
+    run_worker,
+    warn_openblas_env,
+    write_json,
+)
 
 H, D, WINDOW = 8, 64, 128
 T_ALL = [512, 1024, 2048, 4096, 8192, 16384]
@@ -309,6 +317,7 @@ def main():
         return
 
     warn_openblas_env()
+    print(cpu_line())
     worst = check_against_twin()
     print(f"kernels = dense twin at T=256 (float64 max rel err {worst:.1e})\n")
     rounds = []

@@ -17,7 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, markdown_table, write_json  # noqa: E402
+from _common import cpu_line, environment, markdown_table, write_json  # noqa: E402
 
 SPECS = ["full", "local:window=32", "strided:stride=16"]
 
@@ -48,7 +48,7 @@ def main():
     for r in results:
         rows.append([r["attention"], f"{r['val_loss']:.4f}", f"{r['bits_per_char']:.3f}",
                      f"{r['val_loss'] / dense:.3f}" if dense else "—", f"{r['wall_s']:.0f}"])
-    print(f"\nDecoder-only LM (TrainConfig defaults, dense weights), T = {args.seq_len}, "
+    print(f"\n{cpu_line()}\nDecoder-only LM (TrainConfig defaults, dense weights), T = {args.seq_len}, "
           f"batch {args.batch_size}, "
           f"{args.steps} steps, the built-in corpus; validation loss after training.\n")
     print(markdown_table(["attention", "val loss (nats)", "bits/char", "ratio to dense", "wall s"], rows))

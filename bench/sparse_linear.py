@@ -69,6 +69,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    cpu_line,
     environment,
     markdown_table,
     peak_rss_mb,
@@ -386,6 +387,7 @@ def main():
         return worker(args)
 
     warn_openblas_env()
+    print(cpu_line())
     common = ["--repeats", str(args.repeats), "--sparsities", *map(str, args.sparsities)]
     libs = list(args.libs)
     if "torch" in libs:

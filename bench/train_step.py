@@ -67,6 +67,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    cpu_line,
     environment,
     markdown_table,
     peak_rss_mb,
@@ -370,6 +371,7 @@ def main(argv=None):
                       f"kernels", file=sys.stderr)
 
     warn_openblas_env()
+    print(cpu_line())
     runs, tables, checks = [], [], []
     for sname, variants in plan.items():
         s = all_shapes[sname]
