@@ -106,7 +106,12 @@ def _find_env(obj):
 
 
 def _env_line(env):
-    parts = [f"{k} {env[k]}" for k in ("python", "numpy", "scipy", "numba") if env.get(k)]
+    parts = []
+    cpu = env.get("cpu")
+    if isinstance(cpu, dict) and cpu.get("model"):
+        ext = ", ".join(cpu.get("extensions") or []) or "no AVX2"
+        parts.append(f"CPU {cpu['model']} ({ext})")
+    parts += [f"{k} {env[k]}" for k in ("python", "numpy", "scipy", "numba") if env.get(k)]
     if env.get("cpu_count"):
         parts.append(f"{env['cpu_count']} cores")
     if env.get("numba_threads"):
@@ -326,12 +331,30 @@ def _sparsity_sweep(data):
     return parts
 
 
+def _spmm_locality(data):
+    a = data.get("args") or {}
+    rows = []
+    for r in data["results"]:
+        ms, ent = r["ms"], r.get("entries_ms") or {}
+        confined = "confined" in ms
+        rows.append([f"{r['shape'][0]} × {r['shape'][1]}", r["op"], f"{r['nnz']:,}", _ms(ms["random"]),
+                     _ms(ms["confined"]) if confined else "n/a", _ms(ms["floor"]),
+                     _x(ent["random"], ent["confined"]) if confined else "n/a"])
+    return [f"float32, N = {data.get('n_tokens', '?')}, density {a.get('density', '?')}; a confined row "
+            f"draws its ids from {a.get('span', '?')} (n/a: its entries do not fit in them). The last column "
+            "is the time less the floor, random against confined: what a perfect order of the entries "
+            "could buy.", "",
+            table(["W", "pass", "entries", "random, ms", "confined, ms", "floor, ms", "locality could buy"],
+                  rows), ""]
+
+
 RENDERERS = {
     "attention": _attention,
     "sparse_linear": _sparse_linear,
     "train_step": _train_step,
     "attention_training": _attention_training,
     "sparsity_sweep": _sparsity_sweep,
+    "spmm_locality": _spmm_locality,
 }
 
 

@@ -82,6 +82,23 @@ def test_attention_table_has_one_labelled_row_per_T_and_the_torch_ratio(tmp_path
     assert '??? note "float64' in md  # the second dtype is folded away
 
 
+def test_spmm_locality_compares_the_entries_time_and_names_the_cpu(tmp_path):
+    env = {"numpy": "2.0", "cpu": {"model": "Some CPU 9000", "extensions": ["avx2", "fma"]}, "cpu_count": 2}
+    results = [{"shape": [512, 512], "op": "forward", "nnz": 26112,
+                "ms": {"random": 5.0, "confined": 3.5, "floor": 1.0},
+                "entries_ms": {"random": 4.0, "confined": 2.5}},
+               {"shape": [512, 2048], "op": "forward", "nnz": 104960,
+                "ms": {"random": 17.0, "floor": 2.0}, "entries_ms": {"random": 15.0}}]
+    root = _write(tmp_path, "spmm_locality", {"results": results, "n_tokens": 4096,
+                                              "args": {"density": 0.1, "span": 64}, "env": env})
+    md = hooks.render("spmm_locality", root)
+    (table,) = _tables(md)
+    rows = {(r[0], r[1]): r for r in table[1:]}
+    assert rows[("512 × 512", "forward")][-1] == f"{4.0 / 2.5:.1f}×"
+    assert rows[("512 × 2048", "forward")][4] == "n/a" and rows[("512 × 2048", "forward")][-1] == "n/a"
+    assert "CPU Some CPU 9000 (avx2, fma)" in md
+
+
 def test_unknown_results_are_summarised_not_dumped(tmp_path):
     root = _write(tmp_path, "new_bench", {"n": 3, "out_dir": "/home/someone/x",
                                           "records": [{"a": i, "b": i * 2} for i in range(500)]})
