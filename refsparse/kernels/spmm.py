@@ -69,9 +69,11 @@ against ids drawn from all, with the same entries in every row. On the 2-core AV
 (float32, N = 4096, 10% density, the time less that of a one-entry-per-row pattern), the
 confined forward took 0.6–0.7× the time of the random one and the backward 0.8–1.0×. That
 is the most any order or blocking of a random pattern's entries could buy; the rest is the
-entries' own loads, FMAs and, in the backward, dW's lane sums. (On AVX2 the backward's
-four-vector loop keeps one of its sums on the stack, 16 registers being too few; a version
-that takes pairs instead and keeps all in registers measured the same.)
+entries' own work. Two things that looked like bounds and measured as not: on AVX2 the
+backward's four-vector loop keeps one of its sums on the stack, 16 registers being too few,
+and a version that takes pairs instead and keeps all in registers took the same time; and
+dW's lane sums folded 16 entries at a time in registers (the same additions in the same
+order, a third of the instructions) left dW alone no faster and spilled the fused loop.
 
 **Parallelism.** Tiles are independent: ``prange`` over tiles. Thread ``tid =
 numba.get_thread_id()`` works in its own scratch slices ``buf[tid]``, so the scratch
