@@ -102,6 +102,26 @@ def run_worker(script, args, env=None):
         os.unlink(out)
 
 
+def dense_twin(x, w, b, dy):
+    """SparseLinear's dense masked twin, for the benchmarks' checks before timing: y = x W̃ᵀ + b,
+    dx = dy W̃ and dW = dyᵀ x at the stored entries, W̃ = w.toarray()."""
+    import numpy as np
+
+    wd = w.toarray()
+    rows = np.repeat(np.arange(w.shape[0]), np.diff(w.indptr))
+    return {"fwd": x @ wd.T + b, "dx": dy @ wd, "dw": (dy.T @ x)[rows, w.indices]}
+
+
+def rel_err(mine, ref):
+    import numpy as np
+
+    mine = np.asarray(mine, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    err = float(np.max(np.abs(mine - ref))) if ref.size else 0.0
+    return err / scale if scale > 0 else err
+
+
 def write_json(name, payload):
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, name)

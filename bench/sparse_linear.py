@@ -70,9 +70,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     cpu_line,
+    dense_twin,
     environment,
     markdown_table,
     peak_rss_mb,
+    rel_err,
     run_worker,
     warn_openblas_env,
     write_json,
@@ -108,25 +110,6 @@ def make_problem(shape, sparsity, dtype):
     x = rng.standard_normal((N_TOKENS, c_in)).astype(dtype)
     dy = rng.standard_normal((N_TOKENS, c_out)).astype(dtype)
     return x, w, b, dy
-
-
-def twin(x, w, b, dy):
-    """The dense masked twin: y, dx and dW at the stored entries."""
-    import numpy as np
-
-    wd = w.toarray()
-    rows = np.repeat(np.arange(w.shape[0]), np.diff(w.indptr))
-    return {"fwd": x @ wd.T + b, "dx": dy @ wd, "dw": (dy.T @ x)[rows, w.indices]}
-
-
-def rel_err(mine, ref):
-    import numpy as np
-
-    mine = np.asarray(mine, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-    err = float(np.max(np.abs(mine - ref))) if ref.size else 0.0
-    return err / scale if scale > 0 else err
 
 
 def time_call(fn, repeats):
@@ -226,7 +209,7 @@ def worker(args):
                 ops["fwd+bwd"]()  # compiles (or loads Numba's cache) on the first call
                 compile_s = time.perf_counter() - t
             if outputs:  # check against the dense twin before timing
-                ref = twin(x, w, b, dy)
+                ref = dense_twin(x, w, b, dy)
                 for name, fn in outputs.items():
                     out = fn()
                     if name == "bwd":
